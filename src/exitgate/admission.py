@@ -1,0 +1,179 @@
+"""The admission pipeline: the ordered gates of SPEC section 4, pure.
+
+    1 identify   credentials, client IP → package   ERR_AUTH_REQUIRED AUTH_FAILED IP_NOT_ALLOWED
+    2 state      status, organization credits        PACKAGE_SUSPENDED PACKAGE_PAUSED
+                                                     PACKAGE_NO_CREDITS
+    3 protocol   entitlement, destination policy     DISALLOWED
+    4 rules      the username, against the catalogue the 400 codes
+    5 limits     rate, concurrency, traffic cap      RATE_LIMIT_EXCEEDED TRAFFIC_LIMIT_EXCEEDED
+    6 session    sticky session consistency          SESSION_PARAMS_MISMATCH
+    (7 routing and dialing happen at the edge, with the `Admitted` value this produces.)
+
+SOCKS5 learns the credentials before the destination, so the pipeline is two calls:
+`authenticate` (gates 1-2, answered in the RFC 1929 sub-negotiation) and `authorize`
+(gates 3-6, answered in the CONNECT reply). HTTP calls both back to back. Every gate reads
+the in-memory `Directory` only: no database per request.
+
+Gates 5 and 6 are hooks (`LimitGate`, `SessionGate`) so the limits and sessions work plugs in
+without reordering anything. A domain name is checked here by name only (`localhost`); what it
+resolves to is checked by the direct exit just before it connects (see `exits.direct`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Protocol as TypingProtocol
+
+from exitgate.errors import Code, GatewayError
+from exitgate.model import Org, Package, PackageStatus, Protocol, Target
+from exitgate.routing.select import Filters, filters_for
+from exitgate.rules import Catalogue, Entitlements, Rules, parse_rules
+
+MAIL_PORTS = frozenset({25, 465, 587})
+ANY_RULES = "country-any"
+
+
+class Directory(TypingProtocol):
+    """What admission reads: an in-memory view of accounts, invalidated on change."""
+
+    def package_by_key(self, key: str) -> Package | None: ...
+    def packages_for_ip(self, ip: str) -> list[Package]: ...
+    def org(self, org_id: str) -> Org | None: ...
+    @property
+    def catalogue(self) -> Catalogue: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    package: Package
+    username: str  # the rules as sent, or ANY_RULES for a credential-less allowlisted client
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    package: Package
+    rules: Rules
+    target: Target
+    protocol: Protocol
+    filters: Filters
+
+
+class LimitGate(TypingProtocol):
+    def __call__(self, package: Package, protocol: Protocol) -> None: ...
+
+
+class SessionGate(TypingProtocol):
+    def __call__(self, package: Package, rules: Rules) -> None: ...
+
+
+def _no_limits(package: Package, protocol: Protocol) -> None:
+    return None
+
+
+def _no_sessions(package: Package, rules: Rules) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationPolicy:
+    allow_private: bool = False
+    allow_ports: frozenset[int] = frozenset()
+
+    def check_port(self, port: int) -> None:
+        if port in MAIL_PORTS and port not in self.allow_ports:
+            raise GatewayError(Code.DISALLOWED, f"Destination port {port} not allowed")
+
+    def check_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+        if self.allow_private:
+            return
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not ip.is_global or ip.is_multicast:
+            raise GatewayError(Code.DISALLOWED, f"Destination {ip} not allowed")
+
+    def check(self, target: Target) -> None:
+        self.check_port(target.port)
+        try:
+            ip = ipaddress.ip_address(target.host)
+        except ValueError:
+            name = target.host.rstrip(".").lower()
+            if not self.allow_private and (name == "localhost" or name.endswith(".localhost")):
+                raise GatewayError(
+                    Code.DISALLOWED, f"Destination {target.host} not allowed"
+                ) from None
+            return
+        self.check_address(ip)
+
+
+@dataclass(slots=True)
+class Admission:
+    directory: Directory
+    destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
+    limits: LimitGate = _no_limits
+    sessions: SessionGate = _no_sessions
+
+    # -- gates 1 and 2 ----------------------------------------------------------------------
+    def authenticate(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
+        identity = self._identify(credentials, client_ip)
+        try:
+            self._check_state(identity.package)
+        except GatewayError as exc:
+            exc.package_id = identity.package.id
+            raise
+        return identity
+
+    def _identify(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
+        if credentials is None:
+            allowed = self.directory.packages_for_ip(client_ip)
+            if not allowed:
+                raise GatewayError(Code.ERR_AUTH_REQUIRED)
+            return Identity(allowed[0], ANY_RULES)
+        username, key = credentials
+        if key == "":
+            # IP auth with rules in the username: the client IP names the package.
+            allowed = self.directory.packages_for_ip(client_ip)
+            if not allowed:
+                raise GatewayError(Code.AUTH_FAILED)
+            return Identity(allowed[0], username)
+        package = self.directory.package_by_key(key)
+        if package is None:
+            raise GatewayError(Code.AUTH_FAILED)
+        if not package.allows_ip(client_ip):
+            err = GatewayError(Code.IP_NOT_ALLOWED, f"Client IP {client_ip} not in allowlist")
+            err.package_id = package.id
+            raise err
+        return Identity(package, username)
+
+    def _check_state(self, package: Package) -> None:
+        if package.status is PackageStatus.SUSPENDED:
+            raise GatewayError(Code.PACKAGE_SUSPENDED)
+        if package.status is PackageStatus.PAUSED:
+            raise GatewayError(Code.PACKAGE_PAUSED)
+        org = self.directory.org(package.org_id)
+        if org is None:
+            raise GatewayError(Code.PACKAGE_SUSPENDED, "Organization no longer exists")
+        if org.credits is not None and org.credits <= 0:
+            raise GatewayError(Code.PACKAGE_NO_CREDITS)
+
+    # -- gates 3 to 6 -----------------------------------------------------------------------
+    def authorize(self, identity: Identity, protocol: Protocol, target: Target) -> Admitted:
+        try:
+            return self._authorize(identity, protocol, target)
+        except GatewayError as exc:
+            exc.package_id = identity.package.id
+            raise
+
+    def _authorize(self, identity: Identity, protocol: Protocol, target: Target) -> Admitted:
+        package = identity.package
+        if protocol not in package.protocols:
+            raise GatewayError(Code.DISALLOWED, f"Protocol {protocol} not in allowed list")
+        self.destinations.check(target)
+        rules = parse_rules(
+            identity.username,
+            self.directory.catalogue,
+            Entitlements(rules=package.rules, networks=package.networks),
+        )
+        self.limits(package, protocol)
+        self.sessions(package, rules)
+        return Admitted(package, rules, target, protocol, filters_for(rules, package.networks))

@@ -1,0 +1,193 @@
+"""The composition root: builds every part from `Settings` and runs them in one event loop.
+
+    store ─▶ registry (in memory) ─▶ admission, node index ─▶ proxy listeners
+                      ▲
+    admin API ─▶ services (write store, then registry)
+
+Nothing else constructs long-lived objects; tests start a `Gateway` in-process with a
+`Settings` of their own (port 0 everywhere) and read the bound addresses back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import APIRouter, HTTPException
+
+from exitgate.admin.api import create_admin_app
+from exitgate.admission import Admission, DestinationPolicy
+from exitgate.model import Node, NodeState
+from exitgate.net.connect import Connector
+from exitgate.net.context import ProxyContext
+from exitgate.net.dial import Dialer
+from exitgate.net.server import ProxyServer, tls_context
+from exitgate.recorder import Recorder
+from exitgate.registry import Registry
+from exitgate.routing.index import NodeIndex
+from exitgate.services import AccountService
+from exitgate.settings import Settings, split_hostport
+from exitgate.store.base import AccountStore, open_store
+from exitgate.tasks import spawn
+
+log = logging.getLogger("exitgate")
+TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    proxy: tuple[str, int]
+    admin: tuple[str, int]
+    extra: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def proxy_url(self) -> str:
+        return f"{self.proxy[0]}:{self.proxy[1]}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.admin[0]}:{self.admin[1]}"
+
+
+def admin_token(settings: Settings) -> tuple[str, bool]:
+    """The configured token, else the one stored in the data dir, else a new one (0600).
+
+    Returns (token, generated): a generated token is printed once by `serve`.
+    """
+    if settings.admin.token:
+        return settings.admin.token, False
+    path = settings.data_dir / TOKEN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        stored = path.read_text().strip()
+        if stored:
+            return stored, False
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, True
+
+
+class _AdminServer(uvicorn.Server):
+    """uvicorn without its signal capture: `serve` owns SIGINT/SIGTERM for every part."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: AccountStore | None = None
+        self.registry = Registry(
+            extra_regions=settings.geo.regions,
+            extra_cities=settings.geo.cities,
+            extra_isps=settings.geo.isps,
+        )
+        self.index = NodeIndex()
+        self.recorder = Recorder()
+        self.proxy: ProxyServer | None = None
+        self.service: AccountService | None = None
+        self.token = ""
+        self.token_generated = False
+        self._admin: uvicorn.Server | None = None
+        self._admin_task: asyncio.Task[None] | None = None
+
+    def _on_node(self, node: Node | None, node_id: str) -> None:
+        if node is None:
+            self.index.remove(node_id)
+        else:
+            self.index.upsert(node)
+
+    async def start(self) -> Bound:
+        settings = self.settings
+        self.store = store = await asyncio.to_thread(open_store, settings.store.url)
+        self.registry.on_node_change(self._on_node)
+        await asyncio.to_thread(self.registry.load, store)
+        self.service = AccountService(store, self.registry)
+
+        policy = DestinationPolicy(
+            allow_private=settings.exit.allow_private,
+            allow_ports=frozenset(settings.exit.allow_ports),
+        )
+        admission = Admission(self.registry, policy)
+        dialer = Dialer(policy, settings.exit.connect_timeout)
+        ctx = ProxyContext(
+            proxy=settings.proxy,
+            exit=settings.exit,
+            admission=admission,
+            connector=Connector(self.index, dialer),
+            recorder=self.recorder,
+        )
+        tls = None
+        if settings.proxy.tls_cert:
+            tls = tls_context(settings.proxy.tls_cert, settings.proxy.tls_key)
+        self.proxy = ProxyServer(ctx, tls)
+        proxy_bound = await self.proxy.listen(settings.proxy.listen)
+        extra = []
+        if settings.proxy.http_listen:
+            extra.append(await self.proxy.listen(settings.proxy.http_listen, "http"))
+        if settings.proxy.socks5_listen:
+            extra.append(await self.proxy.listen(settings.proxy.socks5_listen, "socks5"))
+
+        self.token, self.token_generated = admin_token(settings)
+        admin_bound = await self._start_admin()
+        return Bound(proxy_bound, admin_bound, tuple(extra))
+
+    def _routers(self) -> list[APIRouter]:
+        router = APIRouter()
+        recorder = self.recorder
+        registry = self.registry
+
+        @router.get("/v1/packages/{package_id}/errors", tags=["packages"])
+        async def package_errors(package_id: str) -> list[dict[str, object]]:
+            if registry.package(package_id) is None:
+                raise HTTPException(404, f"package not found: {package_id}")
+            return recorder.recent_errors(package_id)
+
+        return [router]
+
+    async def _start_admin(self) -> tuple[str, int]:
+        if self.service is None:
+            raise RuntimeError("start the store before the admin API")
+        app = create_admin_app(
+            self.service,
+            self.token,
+            extra_routers=self._routers(),
+            usage_provider=self.recorder.usage,
+        )
+        host, port = split_hostport(self.settings.admin.listen)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        server = _AdminServer(config)
+        self._admin = server
+        self._admin_task = spawn(server.serve(), "admin-api")
+        while not server.started:
+            if self._admin_task.done():
+                self._admin_task.result()
+                raise RuntimeError("admin API stopped during start")
+            await asyncio.sleep(0.01)
+        sock = server.servers[0].sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.proxy is not None:
+            await self.proxy.close(grace)
+        if self._admin is not None and self._admin_task is not None:
+            self._admin.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._admin_task, timeout=grace)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+
+    def online_nodes(self) -> int:
+        return sum(1 for n in self.registry.nodes.values() if n.state is NodeState.ONLINE)

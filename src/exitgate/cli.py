@@ -1,0 +1,137 @@
+"""The `exitgate` command line.
+
+`serve` runs the gateway; `checker` runs the ipinfo service; the `org`, `package`, `node`
+and `errors` groups speak to a running gateway's admin API (see `admin/cli.py`).
+Errors end with one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from exitgate.admin.cli import node_app, org_app, package_app
+from exitgate.settings import SettingsError, load_settings
+
+app = typer.Typer(
+    name="exitgate",
+    help="A self-hosted proxy gateway in front of a pool of exit nodes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(org_app, name="org")
+app.add_typer(package_app, name="package")
+app.add_typer(node_app, name="node")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"exitgate: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+async def _serve(config: Path | None, demo: bool) -> None:
+    from exitgate.app import Gateway
+    from exitgate.checker import serve_checker
+
+    overrides: dict[str, dict[str, Any]] = {}
+    if demo:
+        overrides["exit"] = {"allow_private": True}
+    try:
+        settings = load_settings(config, overrides=overrides)
+    except SettingsError as exc:
+        _fail(f"config: {exc}", 2)
+        return
+    logging.basicConfig(
+        level=settings.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    gateway = Gateway(settings)
+    try:
+        bound = await gateway.start()
+    except OSError as exc:
+        await gateway.stop(0)
+        _fail(f"cannot start: {exc.strerror or exc}")
+        return
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    checker_task = None
+    if demo:
+        from exitgate import demo as demo_mod
+        from exitgate.tasks import spawn
+
+        if gateway.service is None:
+            raise RuntimeError("gateway started without its services")
+        access = await demo_mod.seed(gateway.service)
+        checker_addr = "127.0.0.1:8091"
+        checker_task = spawn(serve_checker("127.0.0.1", 8091, None), "demo-checker")
+        token = gateway.token if gateway.token_generated else None
+        typer.echo(demo_mod.banner(access, bound.proxy_url, bound.admin_url, checker_addr, token))
+    else:
+        typer.echo(f"exitgate: proxy on {bound.proxy_url}, admin API on {bound.admin_url}")
+        if gateway.token_generated:
+            typer.echo(
+                f"exitgate: admin token {gateway.token} "
+                f"(shown once; stored in {settings.data_dir / 'admin.token'})"
+            )
+    sys.stdout.flush()
+    await stop.wait()
+    typer.echo("exitgate: stopping", err=True)
+    if checker_task is not None:
+        checker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await checker_task
+    await gateway.stop()
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="EXITGATE_CONFIG", help="TOML configuration file"),
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Seed a demo package and loopback exits; print a curl line")
+    ] = False,
+) -> None:
+    """Run the gateway: proxy port, admin API, agent hub."""
+    _run(_serve(config, demo))
+
+
+@app.command()
+def checker(
+    listen: Annotated[str, typer.Option(help="host:port to listen on")] = "127.0.0.1:8091",
+    mmdb: Annotated[Path | None, typer.Option(help="MaxMind-format geo database")] = None,
+    trust_forwarded: Annotated[bool, typer.Option(help="Honour X-Forwarded-For")] = False,
+) -> None:
+    """Run the ipinfo checker: GET /api/ipinfo tells the caller its address and geo."""
+    from exitgate.checker import serve_checker
+    from exitgate.settings import split_hostport
+
+    try:
+        host, port = split_hostport(listen)
+    except ValueError as exc:
+        _fail(f"--listen: {exc}", 2)
+        return
+    _run(serve_checker(host, port, str(mmdb) if mmdb else None, trust_forwarded=trust_forwarded))
+
+
+def main() -> None:
+    app()

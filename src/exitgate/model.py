@@ -1,0 +1,137 @@
+"""Frozen value types shared by every layer.
+
+These carry no behaviour beyond small derived properties; the layers that own a decision
+(admission, routing, policy) take them as arguments.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Protocol(enum.StrEnum):
+    """The client-facing protocol a package may be entitled to."""
+
+    HTTP = "http"  # absolute-form forwarding
+    HTTPS = "https"  # CONNECT tunnels
+    SOCKS5 = "socks5"
+
+
+class Network(enum.StrEnum):
+    RES = "res"
+    MOB = "mob"
+    DC = "dc"
+
+
+ALL_NETWORKS: frozenset[Network] = frozenset(Network)
+ALL_PROTOCOLS: frozenset[Protocol] = frozenset(Protocol)
+
+
+class NodeKind(enum.StrEnum):
+    DIRECT = "direct"
+    UPSTREAM = "upstream"
+    AGENT = "agent"
+
+
+class NodeState(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DRAINING = "draining"
+
+
+class PackageStatus(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+
+
+class HostKind(enum.Enum):
+    DOMAIN = "domain"
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the client wants to go. `host` is a domain name or an IP literal (no brackets)."""
+
+    host: str
+    port: int
+
+    @property
+    def kind(self) -> HostKind:
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return HostKind.DOMAIN
+        return HostKind.IPV4 if ip.version == 4 else HostKind.IPV6
+
+    @property
+    def authority(self) -> str:
+        """host:port as it goes in a CONNECT line or a Host header."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAttrs:
+    """What a node looks like to targeting rules. Names are lowercase, `_` for spaces."""
+
+    country: str = ""
+    region: str = ""
+    city: str = ""
+    isp: str = ""
+    asn: int = 0
+    network: Network = Network.DC
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    kind: NodeKind
+    attrs: NodeAttrs
+    state: NodeState = NodeState.ONLINE
+    url: str = ""  # upstream: http://user:pass@host:port or socks5://...; a secret
+    bind_address: str = ""  # direct: the local source address
+    ip: str = ""  # the public address targets see, when known
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: str
+    name: str
+    credits: float | None  # None: unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rps: int | None = None
+    concurrency: int | None = None
+    traffic_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    id: str
+    org_id: str
+    name: str
+    key_hash: str
+    status: PackageStatus = PackageStatus.ACTIVE
+    limits: Limits = field(default_factory=Limits)
+    ip_allowlist: tuple[IPNetwork, ...] = ()
+    protocols: frozenset[Protocol] = ALL_PROTOCOLS
+    networks: frozenset[Network] = ALL_NETWORKS
+    rules: frozenset[str] | None = None  # allowed rule names; None: all
+
+    def allows_ip(self, ip: str) -> bool:
+        if not self.ip_allowlist:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.ip_allowlist)

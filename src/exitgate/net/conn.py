@@ -1,0 +1,242 @@
+"""`Conn`: one TCP connection, driven two ways.
+
+Theory of operation. A proxied connection spends a few round trips in a handshake (an HTTP
+head, a SOCKS5 negotiation, an upstream proxy's answer) and then, usually, its whole life as a
+byte pump. The two phases want different machinery:
+
+- *Read mode* (handshakes): bytes accumulate in `buffer`; the handler awaits `read_more()` and
+  hands the buffer to a sans-IO core, which decides whether a message is complete. The buffer is
+  bounded: past `max_buffer` the transport stops reading until the handler consumes.
+- *Relay mode* (`splice`): `data_received` writes each chunk straight into the peer's
+  transport. No coroutine, no queue, no copy beyond the kernel's: the event loop calls us, we
+  call `transport.write`. Backpressure is the transports' own flow control: when the peer's
+  write buffer passes its high-water mark the loop calls the peer's `pause_writing`, which
+  pauses reading on this side, and `resume_writing` resumes it. A half-close (EOF) is passed on
+  with `write_eof`; the pair closes once both directions ended or either side is lost.
+
+Each direction's byte count is kept on the receiving side (`relayed`), and an optional `tap`
+is called per chunk for live metering (traffic caps), so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+MAX_BUFFER = 256 * 1024
+WRITE_HIGH_WATER = 512 * 1024
+
+
+class ConnectionClosed(Exception):
+    """The peer went away while a handshake still needed bytes from it."""
+
+
+class Conn(asyncio.Protocol):
+    __slots__ = (
+        "_drain_waiter",
+        "_on_made",
+        "_paused_reading",
+        "_read_waiter",
+        "_writing_paused",
+        "buffer",
+        "closed",
+        "eof",
+        "lost",
+        "peer",
+        "relayed",
+        "tap",
+        "transport",
+    )
+
+    def __init__(self, on_made: Callable[[Conn], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False
+        self.closed = False
+        self.peer: Conn | None = None
+        self.relayed = 0  # bytes received while splicing (forwarded to the peer)
+        self.tap: Callable[[int], None] | None = None
+        self.lost: asyncio.Future[None] | None = None
+        self._on_made = on_made
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._paused_reading = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # stream sockets only
+        transport = self.transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if self._on_made is not None:
+            on_made, self._on_made = self._on_made, None
+            on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None:
+            if peer.transport is not None and not peer.closed:
+                peer.transport.write(data)
+            n = len(data)
+            self.relayed += n
+            if self.tap is not None:
+                self.tap(n)
+            return
+        self.buffer += data
+        if len(self.buffer) > MAX_BUFFER and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused_reading = True
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None:
+            if peer.eof or peer.transport is None or not peer.transport.can_write_eof():
+                self._close_pair()
+            elif not peer.closed:
+                peer.transport.write_eof()
+            return True
+        self._wake_reader()
+        return True  # half-open: the handler decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.eof = True
+        self._wake_reader()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.close()  # flushes what this side already sent
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.resume_reading()
+
+    # -- read mode --------------------------------------------------------------------------
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read_more(self) -> None:
+        """Wait until more bytes are in `buffer`; ConnectionClosed at EOF."""
+        if self.eof:
+            raise ConnectionClosed
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        before = len(self.buffer)
+        while len(self.buffer) == before:
+            if self.eof:
+                raise ConnectionClosed
+            waiter = asyncio.get_running_loop().create_future()
+            self._read_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
+
+    def consume(self, n: int) -> None:
+        del self.buffer[:n]
+
+    # -- writing ----------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionClosed
+        if not self._writing_paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+        if self.closed:
+            raise ConnectionClosed
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    @property
+    def sockname(self) -> tuple[str, int]:
+        if self.transport is None:
+            return ("", 0)
+        name = self.transport.get_extra_info("sockname")
+        return (str(name[0]), int(name[1])) if name else ("", 0)
+
+    @property
+    def peername(self) -> tuple[str, int]:
+        if self.transport is None:
+            return ("", 0)
+        name = self.transport.get_extra_info("peername")
+        return (str(name[0]), int(name[1])) if name else ("", 0)
+
+    # -- relay mode -------------------------------------------------------------------------
+    def _close_pair(self) -> None:
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None and not side.closed:
+                side.transport.close()
+
+
+async def splice(a: Conn, b: Conn) -> None:
+    """Pump bytes both ways until both sides are closed.
+
+    Whatever sits in either read buffer (client early data, bytes that came with an upstream
+    proxy's answer) is flushed to the other side first, so nothing received is lost.
+    """
+    loop = asyncio.get_running_loop()
+    a.lost = a.lost or loop.create_future()
+    b.lost = b.lost or loop.create_future()
+    if a.closed and not a.lost.done():
+        a.lost.set_result(None)
+    if b.closed and not b.lost.done():
+        b.lost.set_result(None)
+    for src, dst in ((a, b), (b, a)):
+        if src.buffer:
+            chunk = bytes(src.buffer)
+            src.buffer.clear()
+            dst.write(chunk)
+            src.relayed += len(chunk)
+            if src.tap is not None:
+                src.tap(len(chunk))
+    a.peer, b.peer = b, a
+    for side, other in ((a, b), (b, a)):
+        if side.closed:
+            other.close()
+        elif side.eof:
+            if other.eof or other.transport is None or not other.transport.can_write_eof():
+                side._close_pair()
+            elif not other.closed:
+                other.transport.write_eof()
+        if side._paused_reading and side.transport is not None and not side.closed:
+            side._paused_reading = False
+            side.transport.resume_reading()
+        if side._writing_paused and other.transport is not None and not other.closed:
+            other.transport.pause_reading()
+    await asyncio.gather(a.lost, b.lost)

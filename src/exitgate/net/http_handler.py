@@ -1,0 +1,337 @@
+"""The HTTP proxy edge: CONNECT tunnels and absolute-form forwarding with keep-alive.
+
+Every request on a kept-alive client connection is authenticated, admitted and routed on its
+own. The connection to the target is kept for the next request when that request goes to the
+same target through the same node, and dropped otherwise. Request body and response are pumped
+concurrently, so `Expect: 100-continue` and early answers (413, 401) work without deadlock.
+
+An error answers with the catalogue's response. The connection stays open after an error only
+when nothing of the request is left unread (a forwarded request without a body); a CONNECT
+error, or one with a body in flight, closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from exitgate.admission import Admitted
+from exitgate.errors import Code, GatewayError, http_error_response
+from exitgate.model import Node, Protocol, Target
+from exitgate.net.conn import Conn, ConnectionClosed, splice
+from exitgate.net.context import ProxyContext
+from exitgate.tasks import spawn
+from exitgate.wire.http1 import (
+    MALFORMED,
+    BodyFramer,
+    BodyKind,
+    HttpError,
+    RequestHead,
+    absolute_target,
+    connect_target,
+    forward_request_head,
+    forward_response_head,
+    parse_request_head,
+    parse_response_head,
+    proxy_credentials,
+    request_body,
+    request_keep_alive,
+    response_body,
+    response_keep_alive,
+)
+
+RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
+
+
+@dataclass(slots=True)
+class _Kept:
+    node: Node
+    target: Target
+    conn: Conn
+
+
+def plain_response(status: int, reason: str, text: str) -> bytes:
+    body = f"{text}\n".encode("ascii", "replace")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+async def read_request_head(conn: Conn, max_size: int) -> RequestHead:
+    while True:
+        parsed = parse_request_head(conn.buffer, max_size)
+        if parsed is not None:
+            head, used = parsed
+            conn.consume(used)
+            return head
+        await conn.read_more()
+
+
+def credentials(head: RequestHead) -> tuple[str, str] | None:
+    found = proxy_credentials(head)
+    if found is MALFORMED:
+        raise GatewayError(Code.AUTH_FAILED, "Malformed Proxy-Authorization header")
+    return found
+
+
+def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
+    raw = head.get(b"respond-with")
+    if not raw:
+        return ""
+    wanted = {part.strip().lower() for part in raw.decode("latin-1").split(",")}
+    values = {
+        "ip": node.ip or seen_ip,
+        "country": node.attrs.country,
+        "region": node.attrs.region,
+        "city": node.attrs.city,
+        "isp": node.attrs.isp,
+        "asn": str(node.attrs.asn) if node.attrs.asn else "",
+        "uid": node.id,
+    }
+    return "".join(
+        f"Node-{name.upper() if name in ('ip', 'asn') else name.capitalize()}: {values[name]}\r\n"
+        for name in RESPOND_WITH
+        if name in wanted
+    )
+
+
+class HttpSession:
+    """One client connection speaking HTTP/1.1 to the proxy."""
+
+    def __init__(self, ctx: ProxyContext, conn: Conn) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.client = conn.peername[0]
+        self.kept: _Kept | None = None
+
+    async def run(self) -> None:
+        try:
+            first = True
+            while True:
+                timeout = self.ctx.proxy.handshake_timeout if first else self.ctx.proxy.idle_timeout
+                first = False
+                try:
+                    async with asyncio.timeout(timeout):
+                        head = await read_request_head(self.conn, self.ctx.proxy.max_head_size)
+                except TimeoutError:
+                    return
+                except HttpError as exc:
+                    self.conn.write(plain_response(exc.status, exc.reason, str(exc)))
+                    return
+                if head.method == "CONNECT":
+                    await self.tunnel(head)
+                    return
+                if not await self.forward(head):
+                    return
+        except ConnectionClosed:
+            return
+        finally:
+            self._drop_kept()
+            self.conn.close()
+
+    def _drop_kept(self) -> None:
+        if self.kept is not None:
+            self.kept.conn.close()
+            self.kept = None
+
+    def _fail(self, err: GatewayError, target: str, protocol: Protocol, *, close: bool) -> None:
+        self.ctx.rejected(err, protocol=protocol, client=self.client, target=target)
+        self.conn.write(http_error_response(err, close=close))
+
+    # -- CONNECT ----------------------------------------------------------------------------
+    async def tunnel(self, head: RequestHead) -> None:
+        try:
+            target = connect_target(head)
+        except HttpError as exc:
+            self.conn.write(plain_response(exc.status, exc.reason, str(exc)))
+            return
+        ctx = self.ctx
+        try:
+            identity = ctx.admission.authenticate(credentials(head), self.client)
+            admitted = ctx.admission.authorize(identity, Protocol.HTTPS, target)
+            route = await ctx.connector.connect(admitted)
+        except GatewayError as err:
+            self._fail(err, target.authority, Protocol.HTTPS, close=True)
+            return
+        package_id = admitted.package.id
+        ctx.recorder.request(package_id)
+        extra = node_headers(head, route.node, route.conn.sockname[0])
+        self.conn.write(f"HTTP/1.1 200 Connection established\r\n{extra}\r\n".encode("latin-1"))
+        try:
+            await splice(self.conn, route.conn)
+        finally:
+            route.conn.close()
+            if ctx.proxy.metering:
+                ctx.recorder.traffic(package_id, self.conn.relayed, route.conn.relayed)
+
+    # -- absolute-form forwarding -----------------------------------------------------------
+    async def forward(self, head: RequestHead) -> bool:
+        """Forward one request; True when the client connection may carry another."""
+        ctx = self.ctx
+        try:
+            scheme, target, path = absolute_target(head)
+            body_kind, body_length = request_body(head)
+        except HttpError as exc:
+            self.conn.write(plain_response(exc.status, exc.reason, str(exc)))
+            return False
+        has_body = body_kind is not BodyKind.NONE
+        if scheme != "http":
+            self.conn.write(
+                plain_response(400, "Bad Request", f"Use CONNECT for {scheme}:// targets")
+            )
+            return False
+        try:
+            identity = ctx.admission.authenticate(credentials(head), self.client)
+            admitted = ctx.admission.authorize(identity, Protocol.HTTP, target)
+        except GatewayError as err:
+            self._fail(err, target.authority, Protocol.HTTP, close=has_body)
+            return not has_body
+        package_id = admitted.package.id
+        out_head = forward_request_head(head, target, path)
+        up = down = 0
+        try:
+            upstream, node = await self._upstream_for(admitted)
+        except GatewayError as err:
+            self._fail(err, target.authority, Protocol.HTTP, close=has_body)
+            return not has_body
+        ctx.recorder.request(package_id)
+        try:
+            upstream.write(out_head)
+            up += len(out_head)
+            pump = (
+                spawn(self._pump_body(upstream, body_kind, body_length), "http-request-body")
+                if has_body
+                else None
+            )
+            try:
+                answer = await self._relay_response(upstream, head, node, target)
+            finally:
+                if pump is not None:
+                    if not pump.done():
+                        pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                        up += await pump
+            reusable, sent = answer
+            down += sent
+        except GatewayError as err:
+            self._drop_kept()
+            self._fail(err, target.authority, Protocol.HTTP, close=True)
+            return False
+        except ConnectionClosed:
+            self._drop_kept()
+            return False
+        finally:
+            if ctx.proxy.metering:
+                ctx.recorder.traffic(package_id, up, down)
+        if not reusable:
+            self._drop_kept()
+        return reusable and request_keep_alive(head)
+
+    async def _upstream_for(self, admitted: Admitted) -> tuple[Conn, Node]:
+        kept = self.kept
+        if (
+            kept is not None
+            and not kept.conn.closed
+            and not kept.conn.eof
+            and kept.target == admitted.target
+            and self.ctx.connector.index.matches(kept.node, admitted.filters)
+        ):
+            return kept.conn, kept.node
+        self._drop_kept()
+        route = await self.ctx.connector.connect(admitted)
+        self.kept = _Kept(route.node, admitted.target, route.conn)
+        return route.conn, route.node
+
+    async def _pump_body(self, upstream: Conn, kind: BodyKind, length: int) -> int:
+        framer = BodyFramer(kind, length)
+        sent = 0
+        conn = self.conn
+        while not framer.done:
+            if not conn.buffer:
+                await conn.read_more()
+                continue
+            n = framer.feed(conn.buffer)
+            if n == len(conn.buffer):
+                chunk = bytes(conn.buffer)
+                conn.buffer.clear()
+            else:
+                chunk = bytes(conn.buffer[:n])
+                conn.consume(n)
+            upstream.write(chunk)
+            sent += n
+            await upstream.drain()
+        return sent
+
+    async def _relay_response(
+        self, upstream: Conn, request: RequestHead, node: Node, target: Target
+    ) -> tuple[bool, int]:
+        sent = 0
+        try:
+            async with asyncio.timeout(self.ctx.exit.response_timeout):
+                while True:
+                    parsed = parse_response_head(upstream.buffer)
+                    if parsed is None:
+                        await upstream.read_more()
+                        continue
+                    response, used = parsed
+                    upstream.consume(used)
+                    if 100 <= response.status < 200 and response.status != 101:
+                        interim = forward_response_head(response, close=False)
+                        self.conn.write(interim)
+                        sent += len(interim)
+                        continue
+                    break
+        except TimeoutError:
+            raise GatewayError(
+                Code.GATEWAY_TIMEOUT, f"No response from {target.authority} in time"
+            ) from None
+        except ConnectionClosed:
+            raise GatewayError(
+                Code.TARGET_UNREACHABLE,
+                f"{target.authority} closed the connection without answering",
+                proxy_status="http_response_incomplete",
+            ) from None
+        except HttpError as exc:
+            raise GatewayError(
+                Code.TARGET_UNREACHABLE,
+                f"{target.authority} sent an invalid response: {exc.reason}",
+                proxy_status="http_protocol_error",
+            ) from None
+        kind, length = response_body(response, request.method)
+        reusable = (
+            kind is not BodyKind.UNTIL_CLOSE
+            and response_keep_alive(response)
+            and request_keep_alive(request)
+        )
+        out_head = forward_response_head(response, close=not reusable)
+        self.conn.write(out_head)
+        sent += len(out_head)
+        sent += await self._pump_response_body(upstream, kind, length)
+        return reusable, sent
+
+    async def _pump_response_body(self, upstream: Conn, kind: BodyKind, length: int) -> int:
+        framer = BodyFramer(kind, length)
+        sent = 0
+        client = self.conn
+        while not framer.done:
+            if not upstream.buffer:
+                try:
+                    await upstream.read_more()
+                except ConnectionClosed:
+                    if kind is BodyKind.UNTIL_CLOSE:
+                        return sent
+                    raise
+                continue
+            n = framer.feed(upstream.buffer)
+            if n == len(upstream.buffer):
+                chunk = bytes(upstream.buffer)
+                upstream.buffer.clear()
+            else:
+                chunk = bytes(upstream.buffer[:n])
+                upstream.consume(n)
+            client.write(chunk)
+            sent += n
+            await client.drain()
+        return sent

@@ -1,0 +1,137 @@
+"""The SOCKS5 edge (RFC 1928 + RFC 1929) over the sans-IO core in `wire.socks5`.
+
+Gates 1-2 answer in the RFC 1929 sub-negotiation (status 0x01 on failure), gates 3-7 in the
+CONNECT reply (the catalogue's reply byte). A client offering only "no authentication" is
+accepted when its address is on a package's allowlist, and refused with method 0xFF otherwise
+(recorded as ERR_AUTH_REQUIRED). The whole negotiation must finish within the handshake
+timeout; the dial has its own (connect) timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from exitgate.admission import Identity
+from exitgate.errors import Code, GatewayError, SocksReply
+from exitgate.model import Protocol, Target
+from exitgate.net.conn import Conn, splice
+from exitgate.net.context import ProxyContext
+from exitgate.wire.socks5 import (
+    NEED_DATA,
+    Credentials,
+    Greeting,
+    Request,
+    Socks5Error,
+    Socks5Server,
+)
+
+METHOD_NO_AUTH = 0x00
+METHOD_USERPASS = 0x02
+METHOD_NONE = 0xFF
+CMD_CONNECT = 0x01
+
+
+class SocksSession:
+    def __init__(self, ctx: ProxyContext, conn: Conn) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.client = conn.peername[0]
+        self.core = Socks5Server()
+
+    async def _next(self) -> Greeting | Credentials | Request:
+        buffer = self.conn.buffer
+        while True:
+            if buffer:
+                self.core.receive_data(bytes(buffer))
+                buffer.clear()
+            event = self.core.next_event()
+            if event is not NEED_DATA:
+                return event
+            await self.conn.read_more()
+
+    async def negotiate(self) -> tuple[Identity, Target] | None:
+        """Greeting, authentication and request; None when the client was turned away."""
+        identity: Identity | None = None
+        request: Request | None = None
+        while request is None:
+            event = await self._next()
+            if isinstance(event, Greeting):
+                if not self._greet(event):
+                    return None
+            elif isinstance(event, Credentials):
+                try:
+                    identity = self.ctx.admission.authenticate(
+                        (event.username, event.password), self.client
+                    )
+                except GatewayError as err:
+                    self.conn.write(self.core.auth_reply(False))
+                    self.ctx.rejected(err, protocol=Protocol.SOCKS5, client=self.client)
+                    return None
+                self.conn.write(self.core.auth_reply(True))
+            else:
+                request = event
+        if request.command != CMD_CONNECT:
+            self.conn.write(self.core.reply(SocksReply.COMMAND_NOT_SUPPORTED))
+            return None
+        if identity is None:
+            # "no authentication" chosen: the allowlist names the package (gates 1-2 now).
+            try:
+                identity = self.ctx.admission.authenticate(None, self.client)
+            except GatewayError as err:
+                self._refuse(err, request.target)
+                return None
+        return identity, request.target
+
+    def _greet(self, greeting: Greeting) -> bool:
+        """Choose a method; False when none is acceptable (the client is turned away)."""
+        if METHOD_USERPASS in greeting.methods:
+            self.conn.write(self.core.select_method(METHOD_USERPASS))
+            return True
+        if METHOD_NO_AUTH in greeting.methods and self.ctx.admission.directory.packages_for_ip(
+            self.client
+        ):
+            self.conn.write(self.core.select_method(METHOD_NO_AUTH))
+            return True
+        self.conn.write(self.core.select_method(METHOD_NONE))
+        err = GatewayError(Code.ERR_AUTH_REQUIRED)
+        self.ctx.rejected(err, protocol=Protocol.SOCKS5, client=self.client)
+        return False
+
+    def _refuse(self, err: GatewayError, target: Target) -> None:
+        self.conn.write(self.core.reply(err.socks_reply))
+        self.ctx.rejected(
+            err, protocol=Protocol.SOCKS5, client=self.client, target=target.authority
+        )
+
+    async def run(self) -> None:
+        ctx = self.ctx
+        try:
+            async with asyncio.timeout(ctx.proxy.handshake_timeout):
+                negotiated = await self.negotiate()
+        except Socks5Error as exc:
+            self.conn.write(exc.reply)
+            return
+        except TimeoutError:
+            return
+        if negotiated is None:
+            return
+        identity, target = negotiated
+        try:
+            admitted = ctx.admission.authorize(identity, Protocol.SOCKS5, target)
+            route = await ctx.connector.connect(admitted)
+        except GatewayError as err:
+            self._refuse(err, target)
+            return
+        package_id = admitted.package.id
+        ctx.recorder.request(package_id)
+        host, port = route.conn.sockname
+        self.conn.write(self.core.reply(SocksReply.SUCCEEDED, (host or "0.0.0.0", port)))
+        early = self.core.trailing_data()
+        if early:
+            self.conn.buffer[:0] = early
+        try:
+            await splice(self.conn, route.conn)
+        finally:
+            route.conn.close()
+            if ctx.proxy.metering:
+                ctx.recorder.traffic(package_id, self.conn.relayed, route.conn.relayed)

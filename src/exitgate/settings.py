@@ -1,0 +1,228 @@
+"""One settings schema: TOML file, then `EXITGATE_<SECTION>_<KEY>` environment variables.
+
+The pydantic models below are the single source of truth. Unknown sections or keys, and
+values of the wrong type, stop the start with a message naming the key (`SettingsError`).
+Environment values are parsed as TOML values when they parse (`true`, `10.5`,
+`{ res = 2.0 }`), else taken as strings, so `EXITGATE_PROXY_LISTEN=0.0.0.0:1337` works as is.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "EXITGATE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); ValueError with the reason."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"port must be a number in {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, number
+
+
+def _check_listen(value: str) -> str:
+    split_hostport(value)
+    return value
+
+
+class ProxySettings(_Section):
+    listen: str = "127.0.0.1:1337"
+    # extra single-protocol listeners; empty: none
+    http_listen: str = ""
+    socks5_listen: str = ""
+    tls_cert: str = ""  # PEM; set: TLS clients (first byte 0x16) get HTTP proxying inside TLS
+    tls_key: str = ""
+    handshake_timeout: float = Field(default=10.0, gt=0)  # client head / SOCKS negotiation
+    idle_timeout: float = Field(default=300.0, gt=0)  # kept-alive client connection
+    max_head_size: int = Field(default=65536, ge=1024)
+    backlog: int = Field(default=4096, ge=16)
+    metering: bool = True
+
+    @field_validator("listen", "http_listen", "socks5_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return v if v == "" else _check_listen(v)
+
+
+class AdminSettings(_Section):
+    listen: str = "127.0.0.1:8090"
+    token: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return _check_listen(v)
+
+
+class HubSettings(_Section):
+    listen: str = "127.0.0.1:7443"
+    token: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return v if v == "" else _check_listen(v)
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///exitgate.db"
+    redis_url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return v
+
+
+class ExitSettings(_Section):
+    allow_private: bool = False
+    allow_ports: tuple[int, ...] = ()  # opened among the denied mail ports 25, 465, 587
+    connect_timeout: float = Field(default=10.0, gt=0)
+    response_timeout: float = Field(default=30.0, gt=0)
+
+
+class SessionSettings(_Section):
+    idle_timeout: float = Field(default=60.0, gt=0)
+
+
+class BillingSettings(_Section):
+    price_per_gb: dict[str, float] = Field(
+        default_factory=lambda: {"res": 1.0, "mob": 1.0, "dc": 1.0}
+    )
+
+    @field_validator("price_per_gb")
+    @classmethod
+    def _prices(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, price in v.items():
+            if name not in ("res", "mob", "dc"):
+                raise ValueError(f"unknown network {name!r} (res, mob, dc)")
+            if price < 0:
+                raise ValueError(f"price for {name} must not be negative")
+        return {"res": 1.0, "mob": 1.0, "dc": 1.0} | v
+
+
+class GeoSettings(_Section):
+    mmdb: str = ""  # a MaxMind-format database for the checker and agents
+    regions: tuple[str, ...] = ()  # extra names accepted by the rule language
+    cities: tuple[str, ...] = ()
+    isps: tuple[str, ...] = ()
+
+
+class LogSettings(_Section):
+    level: str = "info"
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("one of debug, info, warning, error")
+        return v.lower()
+
+
+class Settings(_Section):
+    proxy: ProxySettings = ProxySettings()
+    admin: AdminSettings = AdminSettings()
+    hub: HubSettings = HubSettings()
+    store: StoreSettings = StoreSettings()
+    exit: ExitSettings = ExitSettings()
+    sessions: SessionSettings = SessionSettings()
+    billing: BillingSettings = BillingSettings()
+    geo: GeoSettings = GeoSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        """Where generated secrets live: the SQLite file's folder, else the working folder."""
+        url = self.store.url
+        if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            return Path(url[len("sqlite:///") :]).expanduser().resolve().parent
+        return Path.cwd()
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _overlay_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    sections = Settings.model_fields
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section, field in sections.items():
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                known: Mapping[str, object] = getattr(field.annotation, "model_fields", {})
+                if key not in known:
+                    # EXITGATE_* variables that are not settings (EXITGATE_ADMIN_URL for the
+                    # CLI, say) are someone else's: ignore, do not fail.
+                    break
+                data.setdefault(section, {})[key] = _env_value(raw)
+                break
+
+
+def _format_error(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """TOML file (optional), then environment, then explicit overrides (CLI flags)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SettingsError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise SettingsError(f"{path}: {exc.strerror}") from None
+    _overlay_env(data, os.environ if env is None else env)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_format_error(exc)) from None

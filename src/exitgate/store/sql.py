@@ -1,0 +1,416 @@
+"""`AccountStore` over SQLAlchemy Core: one code path for SQLite and PostgreSQL.
+
+Tables are created on open (`create_all` is idempotent). SQLite runs in WAL mode with a busy
+timeout, and this process serialises its own SQLite transactions with a lock: SQLite has one
+writer anyway, and a lock turns "database is locked" races between our threads into waits.
+`sqlite://` (in memory) keeps one connection for the life of the store, since each new
+connection to `:memory:` would be a new, empty database. PostgreSQL goes through psycopg 3
+(`postgresql://` is rewritten to `postgresql+psycopg://`); its transactions need no lock.
+
+Sets and lists (allowlist, protocols, networks, rules) are JSON columns: they are read and
+written whole, never queried inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.pool import StaticPool
+
+from exitgate.model import (
+    IPNetwork,
+    Limits,
+    Network,
+    Node,
+    NodeAttrs,
+    NodeKind,
+    NodeState,
+    Org,
+    Package,
+    PackageStatus,
+    Protocol,
+)
+from exitgate.store.base import (
+    UNSET,
+    GeoNames,
+    NewNode,
+    NewPackage,
+    NodeUpdate,
+    NotFound,
+    OrgUpdate,
+    PackageUpdate,
+)
+from exitgate.store.keys import new_id
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+metadata = sa.MetaData()
+
+orgs = sa.Table(
+    "orgs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("credits", sa.Float, nullable=True),  # NULL: unlimited
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+packages = sa.Table(
+    "packages",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("rps_limit", sa.Integer, nullable=True),
+    sa.Column("concurrency_limit", sa.Integer, nullable=True),
+    sa.Column("traffic_limit_bytes", sa.BigInteger, nullable=True),
+    sa.Column("ip_allowlist", sa.JSON, nullable=False),
+    sa.Column("protocols", sa.JSON, nullable=False),
+    sa.Column("networks", sa.JSON, nullable=False),
+    sa.Column("rules", sa.JSON(none_as_null=True), nullable=True),  # NULL: every rule
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),  # upstream credentials: a secret
+    sa.Column("bind_address", sa.String(64), nullable=False),
+    sa.Column("ip", sa.String(64), nullable=False),
+    sa.Column("country", sa.String(8), nullable=False),
+    sa.Column("region", sa.String(200), nullable=False),
+    sa.Column("city", sa.String(200), nullable=False),
+    sa.Column("isp", sa.String(200), nullable=False),
+    sa.Column("asn", sa.BigInteger, nullable=False),
+    sa.Column("network", sa.String(8), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Names ever carried by a node: the rule language's geo catalogue outlives node deletion.
+geo_table = sa.Table(
+    "geo_names",
+    metadata,
+    sa.Column("kind", sa.String(8), primary_key=True),  # region | city | isp
+    sa.Column("name", sa.String(200), primary_key=True),
+)
+
+
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:"):
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            engine = sa.create_engine(
+                "sqlite://",
+                poolclass=StaticPool,
+                connect_args={"check_same_thread": False},
+            )
+        else:
+            engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("postgresql+psycopg://"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    raise ValueError("store url must start with sqlite:// or postgresql://")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class SqlStore:
+    """The SQLAlchemy Core `AccountStore`."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = engine_for(url)
+        self._is_sqlite = self.engine.dialect.name == "sqlite"
+        self._lock = threading.Lock() if self._is_sqlite else None
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self._lock or contextlib.nullcontext(), self.engine.begin() as conn:
+            yield conn
+
+    # organizations
+
+    def create_org(self, name: str, credits: float | None) -> Org:
+        org = Org(id=new_id("org"), name=name, credits=credits)
+        with self._tx() as conn:
+            conn.execute(
+                orgs.insert().values(id=org.id, name=name, credits=credits, created_at=time.time())
+            )
+        return org
+
+    def get_org(self, org_id: str) -> Org:
+        with self._tx() as conn:
+            return self._org(conn, org_id)
+
+    def update_org(self, org_id: str, update: OrgUpdate) -> Org:
+        values: dict[str, Any] = {}
+        if update.name is not UNSET:
+            values["name"] = update.name
+        if update.credits is not UNSET:
+            values["credits"] = update.credits
+        with self._tx() as conn:
+            self._update(conn, orgs, "org", org_id, values)
+            return self._org(conn, org_id)
+
+    def add_credits(self, org_id: str, delta: float) -> Org:
+        # One UPDATE: concurrent debits from several instances never lose each other.
+        # NULL + delta stays NULL, so an unlimited pool stays unlimited.
+        values = {"credits": orgs.c.credits + delta}
+        with self._tx() as conn:
+            self._update(conn, orgs, "org", org_id, values)
+            return self._org(conn, org_id)
+
+    def list_orgs(self) -> list[Org]:
+        with self._tx() as conn:
+            rows = conn.execute(orgs.select().order_by(orgs.c.created_at, orgs.c.id))
+            return [_org_from(r) for r in rows.mappings()]
+
+    # packages
+
+    def create_package(self, new: NewPackage, key_hash: str) -> Package:
+        package_id = new_id("pkg")
+        with self._tx() as conn:
+            self._org(conn, new.org_id)  # NotFound("org") before the FK error
+            conn.execute(
+                packages.insert().values(
+                    id=package_id,
+                    org_id=new.org_id,
+                    name=new.name,
+                    key_hash=key_hash,
+                    status=new.status.value,
+                    rps_limit=new.limits.rps,
+                    concurrency_limit=new.limits.concurrency,
+                    traffic_limit_bytes=new.limits.traffic_bytes,
+                    ip_allowlist=_nets_to(new.ip_allowlist),
+                    protocols=sorted(p.value for p in new.protocols),
+                    networks=sorted(n.value for n in new.networks),
+                    rules=None if new.rules is None else sorted(new.rules),
+                    created_at=time.time(),
+                )
+            )
+            return self._package(conn, package_id)
+
+    def get_package(self, package_id: str) -> Package:
+        with self._tx() as conn:
+            return self._package(conn, package_id)
+
+    def update_package(self, package_id: str, update: PackageUpdate) -> Package:
+        values: dict[str, Any] = {}
+        if update.name is not UNSET:
+            values["name"] = update.name
+        if update.status is not UNSET:
+            values["status"] = update.status.value
+        if update.rps_limit is not UNSET:
+            values["rps_limit"] = update.rps_limit
+        if update.concurrency_limit is not UNSET:
+            values["concurrency_limit"] = update.concurrency_limit
+        if update.traffic_limit_bytes is not UNSET:
+            values["traffic_limit_bytes"] = update.traffic_limit_bytes
+        if update.ip_allowlist is not UNSET:
+            values["ip_allowlist"] = _nets_to(update.ip_allowlist)
+        if update.protocols is not UNSET:
+            values["protocols"] = sorted(p.value for p in update.protocols)
+        if update.networks is not UNSET:
+            values["networks"] = sorted(n.value for n in update.networks)
+        if update.rules is not UNSET:
+            values["rules"] = None if update.rules is None else sorted(update.rules)
+        with self._tx() as conn:
+            self._update(conn, packages, "package", package_id, values)
+            return self._package(conn, package_id)
+
+    def set_key_hash(self, package_id: str, key_hash: str) -> Package:
+        with self._tx() as conn:
+            self._update(conn, packages, "package", package_id, {"key_hash": key_hash})
+            return self._package(conn, package_id)
+
+    def list_packages(self, org_id: str | None = None) -> list[Package]:
+        query = packages.select().order_by(packages.c.created_at, packages.c.id)
+        if org_id is not None:
+            query = query.where(packages.c.org_id == org_id)
+        with self._tx() as conn:
+            return [_package_from(r) for r in conn.execute(query).mappings()]
+
+    # nodes
+
+    def create_node(self, new: NewNode) -> Node:
+        node_id = new.id or new_id("node")
+        a = new.attrs
+        with self._tx() as conn:
+            conn.execute(
+                nodes.insert().values(
+                    id=node_id,
+                    kind=new.kind.value,
+                    state=new.state.value,
+                    url=new.url,
+                    bind_address=new.bind_address,
+                    ip=new.ip,
+                    country=a.country,
+                    region=a.region,
+                    city=a.city,
+                    isp=a.isp,
+                    asn=a.asn,
+                    network=a.network.value,
+                    created_at=time.time(),
+                )
+            )
+            self._remember_names(conn, region=a.region, city=a.city, isp=a.isp)
+            return self._node(conn, node_id)
+
+    def get_node(self, node_id: str) -> Node:
+        with self._tx() as conn:
+            return self._node(conn, node_id)
+
+    def update_node(self, node_id: str, update: NodeUpdate) -> Node:
+        values: dict[str, Any] = {}
+        for name in ("country", "region", "city", "isp", "asn", "url", "bind_address", "ip"):
+            value = getattr(update, name)
+            if value is not UNSET:
+                values[name] = value
+        if update.state is not UNSET:
+            values["state"] = update.state.value
+        if update.network is not UNSET:
+            values["network"] = update.network.value
+        with self._tx() as conn:
+            self._update(conn, nodes, "node", node_id, values)
+            self._remember_names(
+                conn,
+                region=values.get("region", ""),
+                city=values.get("city", ""),
+                isp=values.get("isp", ""),
+            )
+            return self._node(conn, node_id)
+
+    def delete_node(self, node_id: str) -> None:
+        with self._tx() as conn:
+            result = conn.execute(nodes.delete().where(nodes.c.id == node_id))
+            if result.rowcount == 0:
+                raise NotFound("node", node_id)
+
+    def list_nodes(self) -> list[Node]:
+        query = nodes.select().order_by(nodes.c.created_at, nodes.c.id)
+        with self._tx() as conn:
+            return [_node_from(r) for r in conn.execute(query).mappings()]
+
+    def geo_names(self) -> GeoNames:
+        found: dict[str, set[str]] = {"region": set(), "city": set(), "isp": set()}
+        with self._tx() as conn:
+            for kind, name in conn.execute(sa.select(geo_table.c.kind, geo_table.c.name)):
+                found.setdefault(kind, set()).add(name)
+        return GeoNames(
+            regions=frozenset(found["region"]),
+            cities=frozenset(found["city"]),
+            isps=frozenset(found["isp"]),
+        )
+
+    # helpers
+
+    def _update(
+        self, conn: Connection, table: sa.Table, kind: str, id_: str, values: Mapping[str, Any]
+    ) -> None:
+        if not values:  # nothing to change: still a 404 for a missing record
+            exists = conn.execute(sa.select(table.c.id).where(table.c.id == id_)).first()
+            if exists is None:
+                raise NotFound(kind, id_)
+            return
+        result = conn.execute(table.update().where(table.c.id == id_).values(**values))
+        if result.rowcount == 0:
+            raise NotFound(kind, id_)
+
+    def _remember_names(self, conn: Connection, **names: str) -> None:
+        rows = [{"kind": kind, "name": name} for kind, name in names.items() if name]
+        if not rows:
+            return
+        insert = sqlite.insert if self._is_sqlite else postgresql.insert
+        conn.execute(insert(geo_table).values(rows).on_conflict_do_nothing())
+
+    def _org(self, conn: Connection, org_id: str) -> Org:
+        row = conn.execute(orgs.select().where(orgs.c.id == org_id)).mappings().first()
+        if row is None:
+            raise NotFound("org", org_id)
+        return _org_from(row)
+
+    def _package(self, conn: Connection, package_id: str) -> Package:
+        query = packages.select().where(packages.c.id == package_id)
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise NotFound("package", package_id)
+        return _package_from(row)
+
+    def _node(self, conn: Connection, node_id: str) -> Node:
+        row = conn.execute(nodes.select().where(nodes.c.id == node_id)).mappings().first()
+        if row is None:
+            raise NotFound("node", node_id)
+        return _node_from(row)
+
+
+def _nets_to(nets: tuple[IPNetwork, ...]) -> list[str]:
+    return [str(n) for n in nets]
+
+
+def _org_from(row: RowMapping) -> Org:
+    credits = row["credits"]
+    return Org(id=row["id"], name=row["name"], credits=None if credits is None else float(credits))
+
+
+def _package_from(row: RowMapping) -> Package:
+    rules = row["rules"]
+    return Package(
+        id=row["id"],
+        org_id=row["org_id"],
+        name=row["name"],
+        key_hash=row["key_hash"],
+        status=PackageStatus(row["status"]),
+        limits=Limits(
+            rps=row["rps_limit"],
+            concurrency=row["concurrency_limit"],
+            traffic_bytes=row["traffic_limit_bytes"],
+        ),
+        ip_allowlist=tuple(ipaddress.ip_network(n) for n in row["ip_allowlist"]),
+        protocols=frozenset(Protocol(p) for p in row["protocols"]),
+        networks=frozenset(Network(n) for n in row["networks"]),
+        rules=None if rules is None else frozenset(rules),
+    )
+
+
+def _node_from(row: RowMapping) -> Node:
+    return Node(
+        id=row["id"],
+        kind=NodeKind(row["kind"]),
+        state=NodeState(row["state"]),
+        url=row["url"],
+        bind_address=row["bind_address"],
+        ip=row["ip"],
+        attrs=NodeAttrs(
+            country=row["country"],
+            region=row["region"],
+            city=row["city"],
+            isp=row["isp"],
+            asn=int(row["asn"]),
+            network=Network(row["network"]),
+        ),
+    )

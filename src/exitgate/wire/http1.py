@@ -1,0 +1,660 @@
+"""HTTP/1.1 proxy-side parsing and framing (RFC 9112), sans-IO.
+
+Theory of operation. A head is parsed in one go once its blank line has arrived: find
+CRLFCRLF (bounded by `max_size`), check the start line with one regex, check the whole field
+block with one regex and split it with `findall` (all in C: a few µs per head). While a head is
+incomplete, the part already received is checked cheaply so that garbage (a TLS hello on the
+plain port, bare-LF clients) fails at once instead of after a timeout.
+
+Bodies are never copied or re-encoded: `BodyFramer` only says how many bytes of each chunk of
+input still belong to the body; the caller relays exactly those bytes.
+
+Decisions:
+- Line endings are CRLF only. A bare LF (or a lone CR) anywhere in a head is 400; in a
+  response head 502. Up to 16 empty lines before a request line are skipped (RFC 9112 2.2).
+- Rejected with 400: obs-fold, whitespace before a field name's colon, NUL/CR/LF in values,
+  non-visible-ASCII request targets, several Host fields, conflicting or malformed
+  Content-Length, Content-Length together with Transfer-Encoding, Transfer-Encoding on HTTP/1.0,
+  a Transfer-Encoding whose final coding is not chunked. Any coding but a single `chunked` in a
+  request is 501. Versions other than HTTP/1.0 and HTTP/1.1: 505. Heads over `max_size`: 431.
+- Responses: malformed heads are `HttpError(502)`; Transfer-Encoding wins over Content-Length
+  (the forwarded head drops Content-Length then); a final coding other than chunked is read
+  until close.
+- Proxy-Authorization: Basic with strict UTF-8 (same rule as SOCKS5); absent → None, present
+  but unusable → MALFORMED.
+- Hosts are lowercased; a name whose last label is numeric must be a strict dotted-quad IPv4
+  (no octal/hex forms that resolvers would reinterpret); IPv6 is compressed, without zone.
+- Forwarding strips hop-by-hop fields (Connection and what it names, Keep-Alive, TE, Trailer,
+  Upgrade) and every `Proxy-*` field, in both directions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import http
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from exitgate.model import Target
+
+__all__ = [
+    "MALFORMED",
+    "BodyFramer",
+    "BodyKind",
+    "HttpError",
+    "Malformed",
+    "RequestHead",
+    "ResponseHead",
+    "absolute_target",
+    "connect_target",
+    "forward_request_head",
+    "forward_response_head",
+    "normalize_host",
+    "parse_request_head",
+    "parse_response_head",
+    "proxy_credentials",
+    "request_body",
+    "request_keep_alive",
+    "response_body",
+    "response_keep_alive",
+]
+
+
+class HttpError(Exception):
+    """A message we cannot handle. `reason` is safe to show to the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+    @property
+    def phrase(self) -> str:
+        """The standard reason phrase of `status` (e.g. "Bad Request")."""
+        try:
+            return http.HTTPStatus(self.status).phrase
+        except ValueError:
+            return "Error"
+
+
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+# The reason phrase may hold HTAB, SP, VCHAR and obs-text, no other control.
+_STATUS_LINE: Final = re.compile(
+    rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?"
+)
+# One field line, anchored at a line start: `findall` over the field block then yields one
+# match per valid line and skips invalid ones, so "as many matches as LFs" validates the whole
+# block (no obs-fold, no bare CR/LF, no NUL, token names) in the same C pass that splits it.
+_FIELD: Final = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*+([^\x00\r\n]*+)\r\n", re.MULTILINE)
+_VERSIONS: Final = {(b"1", b"1"): "HTTP/1.1", (b"1", b"0"): "HTTP/1.0"}
+_MAX_EMPTY_LINES: Final = 16
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+def _lower_names(headers: Headers) -> tuple[bytes, ...]:
+    return tuple([name.lower() for name, _ in headers])
+
+
+def _values(head: _Fields, key: bytes) -> list[bytes]:
+    """All values of the field whose lowercase name is `key` (fast for 0 or 1 occurrence)."""
+    names = head._names
+    n = names.count(key)
+    if n == 0:
+        return []
+    if n == 1:
+        return [head.headers[names.index(key)][1]]
+    return [h[1] for name, h in zip(names, head.headers, strict=True) if name == key]
+
+
+class _Fields:
+    """Case-insensitive field access shared by both heads (lookups run in C on `_names`)."""
+
+    __slots__ = ()
+    headers: Headers
+    _names: tuple[bytes, ...]  # lowercased names, parallel to headers
+
+    def get(self, name: bytes | str) -> bytes | None:
+        """The first value of a field, by case-insensitive name."""
+        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        try:
+            return self.headers[self._names.index(key)][1]
+        except ValueError:
+            return None
+
+    def get_all(self, name: bytes | str) -> list[bytes]:
+        """Every value of a field, in order, by case-insensitive name."""
+        return _values(self, (name.encode("latin-1") if isinstance(name, str) else name).lower())
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead(_Fields):
+    method: str
+    target: str
+    version: str  # "HTTP/1.1" or "HTTP/1.0"
+    headers: Headers  # names as sent, values without surrounding whitespace
+    _names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_names", _lower_names(self.headers))
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead(_Fields):
+    version: str
+    status: int
+    reason: str
+    headers: Headers
+    _names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_names", _lower_names(self.headers))
+
+
+# ---------------------------------------------------------------------------- head parsing
+
+
+def _find_head(
+    buf: bytes | bytearray, max_size: int, status: int, start_line: re.Pattern[bytes]
+) -> tuple[bytes, int] | None:
+    """(head from the start line to the CRLF of its last line, bytes consumed) or None.
+
+    `status` is what a malformed head is answered with (400 request, 502 response)."""
+    start = 0
+    while buf.startswith(b"\r\n", start):
+        start += 2
+        if start > 2 * _MAX_EMPTY_LINES:
+            raise HttpError(400, "too many empty lines before the start line")
+    end = buf.find(b"\r\n\r\n", start, max_size)
+    if end >= 0:
+        return bytes(buf[start : end + 2]), end + 4
+    if len(buf) >= max_size:
+        raise HttpError(431 if status == 400 else status, "head too large")
+    # Incomplete: fail early on what is already there.
+    if buf.count(b"\n", start) != buf.count(b"\r\n", start):
+        raise HttpError(status, "bare LF in head")
+    eol = buf.find(b"\r\n", start)
+    if eol >= 0 and start_line.fullmatch(buf, start, eol) is None:
+        raise HttpError(status, "malformed start line")
+    return None
+
+
+def _split_fields(head: bytes, at: int, status: int) -> Headers:
+    pairs: list[tuple[bytes, bytes]] = _FIELD.findall(head, at)
+    if len(pairs) != head.count(b"\n", at):
+        raise HttpError(status, _diagnose(head, at))
+    if b" \r\n" in head or b"\t\r\n" in head:  # rare: trailing whitespace in a value
+        return tuple([(name, value.rstrip(b" \t")) for name, value in pairs])
+    return tuple(pairs)
+
+
+def _diagnose(head: bytes, at: int) -> str:
+    """Say which field line is wrong (error path only, so it may be slow)."""
+    for line in head[at:].split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            return "obsolete line folding"
+        if b"\n" in line or b"\r" in line:
+            return "bare CR or LF in head"
+        name, colon, value = line.partition(b":")
+        if not colon and line:
+            return "field line without a colon"
+        if line and re.fullmatch(_TOKEN, name) is None:
+            return "invalid field name"
+        if b"\x00" in value:
+            return "NUL in field value"
+    return "malformed field line"  # pragma: no cover - _FIELD and this loop agree
+
+
+def parse_request_head(
+    buf: bytes | bytearray, max_size: int = 65536
+) -> tuple[RequestHead, int] | None:
+    """Parse a request head at the start of `buf`.
+
+    None: incomplete (and still under `max_size`). Otherwise (head, bytes consumed including
+    leading empty lines and the final CRLFCRLF); the rest of `buf` is untouched.
+    Raises HttpError (400, 431, 501, 505).
+    """
+    found = _find_head(buf, max_size, 400, _REQUEST_LINE)
+    if found is None:
+        return None
+    head, consumed = found
+    eol = head.find(b"\r\n")
+    m = _REQUEST_LINE.fullmatch(head, 0, eol)
+    if m is None:
+        raise HttpError(400, "malformed request line")
+    method, target, major, minor = m.groups()
+    version = _VERSIONS.get((major, minor))
+    if version is None:
+        raise HttpError(505, "HTTP version not supported")
+    req = RequestHead(
+        method.decode("ascii"), target.decode("ascii"), version, _split_fields(head, eol + 2, 400)
+    )
+    _check_request_framing(req)
+    return req, consumed
+
+
+def parse_response_head(
+    buf: bytes | bytearray, max_size: int = 65536
+) -> tuple[ResponseHead, int] | None:
+    """Parse a response head; like `parse_request_head`, but every error is HttpError(502)."""
+    found = _find_head(buf, max_size, 502, _STATUS_LINE)
+    if found is None:
+        return None
+    head, consumed = found
+    eol = head.find(b"\r\n")
+    m = _STATUS_LINE.fullmatch(head, 0, eol)
+    if m is None:
+        raise HttpError(502, "malformed status line")
+    major, minor, status, reason = m.groups()
+    version = _VERSIONS.get((major, minor))
+    if version is None:
+        raise HttpError(502, "unsupported HTTP version in response")
+    code = int(status)
+    if code < 100:
+        raise HttpError(502, "invalid status code")
+    resp = ResponseHead(
+        version, code, (reason or b"").decode("latin-1"), _split_fields(head, eol + 2, 502)
+    )
+    if resp.get(b"content-length") is not None:
+        _content_length(resp, 502)
+    return resp, consumed
+
+
+# ---------------------------------------------------------------------------- framing
+
+
+class BodyKind(enum.Enum):
+    NONE = "none"
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until_close"
+
+
+def _content_length(head: _Fields, status: int) -> int:
+    """The one Content-Length value (identical repeats, also as a list, are accepted)."""
+    values = {v.strip() for raw in _values(head, b"content-length") for v in raw.split(b",")}
+    if len(values) != 1:
+        raise HttpError(status, "conflicting Content-Length")
+    value = values.pop()
+    if not value.isdigit() or len(value) > 18:
+        raise HttpError(status, "invalid Content-Length")
+    return int(value)
+
+
+def _codings(head: _Fields) -> list[bytes]:
+    return [
+        c for raw in _values(head, b"transfer-encoding") for v in raw.split(b",")
+        if (c := v.strip().lower())
+    ]
+
+
+def _check_request_framing(req: RequestHead) -> None:
+    names = req._names
+    if names.count(b"host") > 1:
+        raise HttpError(400, "several Host fields")
+    if b"transfer-encoding" in names:
+        if b"content-length" in names:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+        if req.version == "HTTP/1.0":
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        codings = _codings(req)
+        if codings == [b"chunked"]:
+            return
+        if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+            raise HttpError(400, "chunked is not the final transfer coding")
+        raise HttpError(501, "unsupported transfer coding")
+    if b"content-length" in names:
+        _content_length(req, 400)
+
+
+def request_body(head: RequestHead) -> tuple[BodyKind, int]:
+    """How the request body is framed: (NONE, 0), (LENGTH, n > 0) or (CHUNKED, 0)."""
+    names = head._names
+    if b"transfer-encoding" in names:
+        return BodyKind.CHUNKED, 0  # parse_request_head accepted only a lone `chunked`
+    if b"content-length" in names:
+        n = _content_length(head, 400)
+        return (BodyKind.LENGTH, n) if n else (BodyKind.NONE, 0)
+    return BodyKind.NONE, 0
+
+
+def response_body(head: ResponseHead, request_method: str) -> tuple[BodyKind, int]:
+    """How the response body is framed (RFC 9112 6.3)."""
+    status = head.status
+    if request_method == "HEAD" or status < 200 or status in (204, 304):
+        return BodyKind.NONE, 0
+    if request_method == "CONNECT" and status < 300:
+        return BodyKind.NONE, 0  # a tunnel follows
+    if b"transfer-encoding" in head._names:
+        codings = _codings(head)
+        if codings and codings[-1] == b"chunked":
+            return BodyKind.CHUNKED, 0
+        return BodyKind.UNTIL_CLOSE, 0
+    if b"content-length" in head._names:
+        n = _content_length(head, 502)
+        return (BodyKind.LENGTH, n) if n else (BodyKind.NONE, 0)
+    return BodyKind.UNTIL_CLOSE, 0
+
+
+_CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00\r\n]*)?\r\n")
+_TRAILER_LINE: Final = re.compile(_TOKEN + rb":[^\x00\r\n]*\r\n")
+
+
+class _Chunk(enum.Enum):
+    SIZE = enum.auto()  # reading a chunk-size line
+    DATA = enum.auto()  # inside chunk data
+    DATA_END = enum.auto()  # the CRLF after chunk data
+    TRAILER = enum.auto()  # trailer lines, until the empty one
+    DONE = enum.auto()
+
+
+class BodyFramer:
+    """Finds where a body ends, without copying it.
+
+    `feed(data)` returns how many leading bytes of `data` belong to the body. When it returns
+    less than len(data), or `done` is True, the body is complete and the remaining bytes belong
+    to the next message. UNTIL_CLOSE bodies are never done: they end when the peer closes.
+    Only a partial chunk-size or trailer line is kept between feeds, at most `max_line` bytes.
+    Malformed chunked framing raises HttpError(400) (the caller maps it for responses).
+    """
+
+    __slots__ = ("_kind", "_line", "_max_line", "_remaining", "_state")
+
+    def __init__(self, kind: BodyKind, length: int = 0, max_line: int = 4096) -> None:
+        if length < 0:
+            raise ValueError("negative body length")
+        self._kind = kind
+        self._remaining = length
+        self._max_line = max_line
+        self._line = b""
+        self._state = _Chunk.SIZE
+        if kind is BodyKind.NONE or (kind is BodyKind.LENGTH and length == 0):
+            self._state = _Chunk.DONE
+
+    @property
+    def done(self) -> bool:
+        return self._state is _Chunk.DONE
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        if self._state is _Chunk.DONE:
+            return 0
+        kind = self._kind
+        if kind is BodyKind.UNTIL_CLOSE:
+            return len(data)
+        if kind is BodyKind.LENGTH:
+            n = min(len(data), self._remaining)
+            self._remaining -= n
+            if not self._remaining:
+                self._state = _Chunk.DONE
+            return n
+        return self._feed_chunked(data)
+
+    def _feed_chunked(self, data: bytes | bytearray | memoryview) -> int:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            state = self._state
+            if state is _Chunk.DATA:
+                n = min(size - pos, self._remaining)
+                pos += n
+                self._remaining -= n
+                if not self._remaining:
+                    self._state = _Chunk.DATA_END
+            elif state is _Chunk.DATA_END:
+                # Two bytes, CR then LF, possibly split across feeds; _line holds what we saw.
+                expected = b"\r\n"[len(self._line)]
+                if data[pos] != expected:
+                    raise HttpError(400, "missing CRLF after chunk data")
+                pos += 1
+                if self._line:
+                    self._line = b""
+                    self._state = _Chunk.SIZE
+                else:
+                    self._line = b"\r"
+            elif state is _Chunk.DONE:
+                break
+            else:
+                pos = self._feed_line(data, pos, size)
+        return pos
+
+    def _feed_line(self, data: bytes | bytearray | memoryview, pos: int, size: int) -> int:
+        """Consume (part of) a chunk-size or trailer line; returns the new position."""
+        room = self._max_line - len(self._line)
+        stop = min(size, pos + room)
+        if isinstance(data, memoryview):
+            window = bytes(data[pos:stop])
+            lf = window.find(b"\n")
+            lf = lf + pos if lf >= 0 else -1
+        else:
+            lf = data.find(b"\n", pos, stop)
+        if lf < 0:
+            if stop - pos >= room:
+                raise HttpError(400, "chunk-size or trailer line too long")
+            self._line += bytes(data[pos:stop])
+            return stop
+        line = self._line + bytes(data[pos : lf + 1])
+        self._line = b""
+        if self._state is _Chunk.SIZE:
+            m = _CHUNK_LINE.fullmatch(line)
+            if m is None:
+                raise HttpError(400, "malformed chunk-size line")
+            n = int(m.group(1), 16)
+            if n:
+                self._remaining = n
+                self._state = _Chunk.DATA
+            else:
+                self._state = _Chunk.TRAILER
+        elif line == b"\r\n":
+            self._state = _Chunk.DONE
+        elif _TRAILER_LINE.fullmatch(line) is None:
+            raise HttpError(400, "malformed trailer field")
+        return lf + 1
+
+
+# ---------------------------------------------------------------------------- connection
+
+
+def _tokens(head: _Fields, key: bytes) -> set[bytes]:
+    """Lowercased comma-separated tokens of a field (Connection, Proxy-Connection)."""
+    values = _values(head, key)
+    if len(values) == 1 and b"," not in values[0]:
+        return {values[0].strip().lower()}
+    return {t.strip().lower() for raw in values for t in raw.split(b",")}
+
+
+def request_keep_alive(head: RequestHead) -> bool:
+    """Whether the client wants the connection kept (Connection and Proxy-Connection)."""
+    names = head._names
+    if b"connection" not in names and b"proxy-connection" not in names:
+        return head.version == "HTTP/1.1"
+    tokens = _tokens(head, b"connection") | _tokens(head, b"proxy-connection")
+    if b"close" in tokens:
+        return False
+    return head.version == "HTTP/1.1" or b"keep-alive" in tokens
+
+
+def response_keep_alive(head: ResponseHead) -> bool:
+    """Whether the server keeps the connection (its headers only: an UNTIL_CLOSE body, see
+    `response_body`, ends the connection regardless)."""
+    if b"connection" not in head._names:
+        return head.version == "HTTP/1.1"
+    tokens = _tokens(head, b"connection")
+    if b"close" in tokens:
+        return False
+    return head.version == "HTTP/1.1" or b"keep-alive" in tokens
+
+
+_HOP_BY_HOP: Final = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
+_DROP_HOST: Final = frozenset((b"host",))  # a forwarded request gets the URI's authority
+_DROP_LENGTH: Final = frozenset((b"content-length",))
+
+
+def _kept_fields(head: _Fields, extra_drop: frozenset[bytes]) -> list[bytes]:
+    drop = _HOP_BY_HOP | extra_drop
+    if b"connection" in head._names:
+        drop = drop | _tokens(head, b"connection")
+    out: list[bytes] = []
+    for lname, (name, value) in zip(head._names, head.headers, strict=True):
+        if lname not in drop and not lname.startswith(b"proxy-"):
+            out += (name, b": ", value, b"\r\n")
+    return out
+
+
+def forward_request_head(
+    head: RequestHead, target: Target, path: str, *, close: bool = False
+) -> bytes:
+    """The origin-form request for the target: same method and version, Host from the URI
+    (without :80), hop-by-hop and Proxy-* fields dropped, Transfer-Encoding/Content-Length kept
+    (the body is relayed verbatim). `close` asks the target to close after this exchange;
+    otherwise an HTTP/1.0 request asks for keep-alive explicitly."""
+    authority = target.authority if target.port != 80 else target.authority[:-3]
+    parts = [f"{head.method} {path} {head.version}\r\nHost: {authority}\r\n".encode("ascii")]
+    parts += _kept_fields(head, _DROP_HOST)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    elif head.version == "HTTP/1.0":
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def forward_response_head(
+    head: ResponseHead, *, close: bool, client_version: str = "HTTP/1.1"
+) -> bytes:
+    """The response for the client, as HTTP/1.1 with the same status and reason; hop-by-hop and
+    Proxy-* fields dropped; Content-Length dropped when Transfer-Encoding is present. Adds
+    `Connection: close` when `close`, or `Connection: keep-alive` for an HTTP/1.0 client."""
+    # RFC 9112 6.3: Transfer-Encoding overrides Content-Length; forwarding both invites
+    # response splitting downstream.
+    extra = _DROP_LENGTH if b"transfer-encoding" in head._names else frozenset()
+    parts = [f"HTTP/1.1 {head.status} {head.reason}\r\n".encode("latin-1")]
+    parts += _kept_fields(head, extra)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    elif client_version == "HTTP/1.0":
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+class _Marker(enum.Enum):
+    MALFORMED = "MALFORMED"
+
+
+MALFORMED: Final = _Marker.MALFORMED
+Malformed = Literal[_Marker.MALFORMED]
+
+
+def proxy_credentials(head: RequestHead) -> tuple[str, str] | Malformed | None:
+    """(username, password) from `Proxy-Authorization: Basic`; None when absent (answer
+    ERR_AUTH_REQUIRED); MALFORMED when present but unusable (answer AUTH_FAILED): several
+    fields, another scheme, bad base64, not UTF-8, no colon. The password is everything after
+    the first colon."""
+    values = head.get_all(b"proxy-authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        return MALFORMED
+    scheme, _, token = values[0].partition(b" ")
+    token = token.strip(b" ")
+    if scheme.lower() != b"basic" or not token:
+        return MALFORMED
+    try:
+        raw = base64.b64decode(token + b"=" * (-len(token) % 4), validate=True)
+        text = raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return MALFORMED
+    username, colon, password = text.partition(":")
+    if not colon:
+        return MALFORMED
+    return username, password
+
+
+_HOSTNAME: Final = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
+_IPV4: Final = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                          r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
+def normalize_host(host: str) -> str:
+    """A host as a Target holds it: lowercased name, dotted-quad IPv4 or compressed IPv6
+    (brackets optional on input, none on output). ValueError when it is none of these."""
+    if _IPV4.fullmatch(host):
+        return host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" not in host:
+        lowered = host.lower()
+        if len(lowered) > 254 or not _HOSTNAME.fullmatch(lowered):
+            raise ValueError("invalid host name")
+        last = lowered.rstrip(".").rpartition(".")[2]
+        if (last.isascii() and last.isdigit()) or last.startswith("0x"):
+            raise ValueError("numeric host that is not a dotted-quad IPv4 address")
+        return lowered
+    if "%" in host:
+        raise ValueError("IPv6 zone identifiers are not allowed")
+    return ipaddress.IPv6Address(host).compressed  # AddressValueError is a ValueError
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 0 < int(text) < 65536:
+        raise HttpError(400, "invalid port")
+    return int(text)
+
+
+def _authority(text: str, default_port: int | None) -> Target:
+    if "@" in text:
+        raise HttpError(400, "userinfo in the request target")
+    if text.startswith("["):
+        close = text.find("]")
+        host, rest = text[: close + 1], text[close + 1 :]
+        if close < 0 or (rest and not rest.startswith(":")):
+            raise HttpError(400, "malformed IPv6 authority")
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text_ = text.partition(":")
+        port_text = port_text_ if colon else None
+    if port_text:
+        port = _port(port_text)
+    elif default_port is None:
+        raise HttpError(400, "port required")
+    else:
+        port = default_port
+    try:
+        return Target(normalize_host(host), port)
+    except ValueError:
+        raise HttpError(400, "invalid host") from None
+
+
+def connect_target(head: RequestHead) -> Target:
+    """The CONNECT authority-form target: host:port or [v6]:port, port 1..65535."""
+    return _authority(head.target, None)
+
+
+_ABSOLUTE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?]*)(.*)")
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def absolute_target(head: RequestHead) -> tuple[str, Target, str]:
+    """Split an absolute-form target: ("http" | "https", Target, origin-form path+query).
+    The fragment is dropped, an empty path becomes "/". Anything else is HttpError(400)."""
+    m = _ABSOLUTE.fullmatch(head.target.partition("#")[0])
+    if m is None:
+        raise HttpError(400, "absolute-form request target required")
+    scheme, authority, path = m.groups()
+    scheme = scheme.lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is None:
+        raise HttpError(400, "unsupported URI scheme")
+    if not authority:
+        raise HttpError(400, "empty host in the request target")
+    if not path.startswith("/"):
+        path = "/" + path
+    return scheme, _authority(authority, default), path
