@@ -3,11 +3,11 @@
 One port speaks SOCKS5, HTTP and (with a certificate) HTTP inside TLS, told apart by the
 first byte: 0x05 SOCKS5, 0x16 a TLS ClientHello, anything else HTTP/1.1.
 
-TLS needs the ClientHello intact, so when a certificate is configured the first byte is
-*peeked*, not read: the new transport is paused before it reads anything, a duplicate of its
-descriptor is watched for readability, `recv(MSG_PEEK)` looks at the byte, and the transport
-is either upgraded with `loop.start_tls` or simply resumed. Without a certificate none of this
-runs and the byte is read as usual.
+TLS needs the ClientHello intact, so when a certificate is configured the listener accepts
+raw sockets itself and *peeks* at the first byte (`recv(MSG_PEEK)`) before any transport
+exists; the socket then becomes a transport with or without TLS
+(`loop.connect_accepted_socket`). Without a certificate none of this runs: the listener is a
+plain `create_server` (which accepts in batches) and the first byte is read as usual.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl
 from typing import Literal
@@ -45,12 +44,15 @@ class ProxyServer:
         self.ctx = ctx
         self.tls = tls
         self.servers: list[asyncio.Server] = []
+        self.listeners: list[socket.socket] = []
         self.clients: set[Conn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def listen(self, address: str, mode: Mode = "auto") -> tuple[str, int]:
         host, port = split_hostport(address)
         loop = asyncio.get_running_loop()
+        if self.tls is not None and mode != "socks5":
+            return await self._listen_peeking(host, port, mode)
         server = await loop.create_server(
             lambda: Conn(on_made=lambda conn: self._accepted(conn, mode)),
             host,
@@ -63,21 +65,19 @@ class ProxyServer:
         return str(bound[0]), int(bound[1])
 
     def _accepted(self, conn: Conn, mode: Mode) -> None:
-        if self.tls is not None and mode != "socks5" and conn.transport is not None:
-            conn.transport.pause_reading()
-        task = spawn(self._handle(conn, mode), "proxy-client")
+        self._track(spawn(self._handle(conn, mode), "proxy-client"))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _handle(self, conn: Conn, mode: Mode) -> None:
+    async def _handle(self, conn: Conn, mode: Mode, *, sniff: bool = True) -> None:
         self.clients.add(conn)
         try:
-            async with asyncio.timeout(self.ctx.proxy.handshake_timeout):
-                if self.tls is not None and mode != "socks5":
-                    await self._maybe_tls(conn)
-                if mode == "auto" and not conn.buffer:
+            if sniff and mode == "auto" and not conn.buffer:
+                async with asyncio.timeout(self.ctx.proxy.handshake_timeout):
                     await conn.read_more()
-            if mode == "socks5" or (mode == "auto" and conn.buffer[0] == SOCKS_VERSION):
+            if mode == "socks5" or (sniff and mode == "auto" and conn.buffer[0] == SOCKS_VERSION):
                 await SocksSession(self.ctx, conn).run()
             else:
                 await HttpSession(self.ctx, conn).run()
@@ -89,26 +89,53 @@ class ProxyServer:
             self.clients.discard(conn)
             conn.close()
 
-    async def _maybe_tls(self, conn: Conn) -> None:
-        transport = conn.transport
-        tls = self.tls
-        if transport is None or tls is None:
-            return
-        raw = transport.get_extra_info("socket")
-        first = await _peek_first_byte(raw.fileno())
+    # -- TLS-capable listener: accept, peek, then wrap or not -------------------------------
+    async def _listen_peeking(self, host: str, port: int, mode: Mode) -> tuple[str, int]:
+        listener = socket.create_server(
+            (host, port),
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            backlog=self.ctx.proxy.backlog,
+            reuse_port=False,
+        )
+        listener.setblocking(False)
+        self.listeners.append(listener)
+        self._track(spawn(self._accept_loop(listener, mode), "proxy-accept"))
+        bound = listener.getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def _accept_loop(self, listener: socket.socket, mode: Mode) -> None:
         loop = asyncio.get_running_loop()
-        if first == TLS_HANDSHAKE:
-            upgraded = await loop.start_tls(transport, conn, tls, server_side=True)
-            if upgraded is None:
-                raise ConnectionClosed
-            conn.transport = upgraded
-        else:
-            transport.resume_reading()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if listener.fileno() == -1:
+                    return
+                log.warning("accept failed: %s", exc.strerror)
+                await asyncio.sleep(0.05)
+                continue
+            self._track(spawn(self._handle_raw(sock, mode), "proxy-client"))
+
+    async def _handle_raw(self, sock: socket.socket, mode: Mode) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.ctx.proxy.handshake_timeout):
+                first = await _peek_first_byte(sock)
+                use_tls = self.tls if first == TLS_HANDSHAKE else None
+                conn = Conn()
+                # the factory, not the return value: uvloop returns its SSL protocol there
+                await loop.connect_accepted_socket(lambda: conn, sock, ssl=use_tls)
+        except (TimeoutError, ConnectionClosed, OSError, ssl.SSLError):
+            sock.close()
+            return
+        await self._handle(conn, mode, sniff=use_tls is None)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let open connections finish for `grace` seconds, then cut them."""
         for server in self.servers:
             server.close()
+        for listener in self.listeners:
+            listener.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -122,27 +149,25 @@ class ProxyServer:
                 await asyncio.wait(pending, timeout=1.0)
 
 
-async def _peek_first_byte(fd: int) -> int:
-    """Wait until `fd` is readable and return its first byte without consuming it."""
+async def _peek_first_byte(sock: socket.socket) -> int:
+    """Wait until `sock` is readable and return its first byte without consuming it."""
     loop = asyncio.get_running_loop()
-    dup = os.dup(fd)
-    sock = socket.socket(fileno=dup)
-    ready: asyncio.Future[None] = loop.create_future()
+    while True:
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            ready: asyncio.Future[None] = loop.create_future()
 
-    def readable() -> None:
-        if not ready.done():
-            ready.set_result(None)
+            def readable(ready: asyncio.Future[None] = ready) -> None:
+                if not ready.done():
+                    ready.set_result(None)
 
-    loop.add_reader(dup, readable)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(dup)
-    try:
-        data = sock.recv(1, socket.MSG_PEEK)
-    finally:
-        sock.detach()
-        os.close(dup)
-    if not data:
-        raise ConnectionClosed
-    return data[0]
+            loop.add_reader(sock.fileno(), readable)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(sock.fileno())
+            continue
+        if not data:
+            raise ConnectionClosed
+        return data[0]
