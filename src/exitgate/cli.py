@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
 )
 app.add_typer(org_app, name="org")
 app.add_typer(package_app, name="package")
@@ -35,6 +37,18 @@ app.add_typer(node_app, name="node")
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"exitgate: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _free_port(preferred: int) -> int:
+    """`preferred` when it is free on loopback, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free loopback port")
 
 
 def _run(coro: Any) -> None:
@@ -80,8 +94,9 @@ async def _serve(config: Path | None, demo: bool) -> None:
         if gateway.service is None:
             raise RuntimeError("gateway started without its services")
         access = await demo_mod.seed(gateway.service)
-        checker_addr = "127.0.0.1:8091"
-        checker_task = spawn(serve_checker("127.0.0.1", 8091, None), "demo-checker")
+        checker_port = _free_port(8091)
+        checker_addr = f"127.0.0.1:{checker_port}"
+        checker_task = spawn(serve_checker("127.0.0.1", checker_port, None), "demo-checker")
         token = gateway.token if gateway.token_generated else None
         typer.echo(demo_mod.banner(access, bound.proxy_url, bound.admin_url, checker_addr, token))
     else:

@@ -56,7 +56,7 @@ def banner(access: DemoAccess, proxy: str, admin: str, checker: str, token: str 
         "",
         "exitgate demo is running.",
         f"  proxy    {proxy}   (HTTP, CONNECT and SOCKS5 on one port)",
-        f"  admin    {admin}   (OpenAPI at {admin}/docs)",
+        f"  admin    {admin}   (OpenAPI at {admin}/openapi.json, with the admin token)",
         f"  checker  http://{checker}/api/ipinfo   (a loopback target that shows your exit)",
         f"  package  {access.package_id}   key {access.key}   (shown once; stored hashed)",
     ]
