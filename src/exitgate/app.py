@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -165,12 +166,15 @@ class Gateway:
             usage_provider=self.recorder.usage,
         )
         host, port = split_hostport(self.settings.admin.listen)
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,
+        # instead of uvicorn's sys.exit inside a task.
+        sock = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
         )
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         server = _AdminServer(config)
         self._admin = server
-        self._admin_task = spawn(server.serve(), "admin-api")
+        self._admin_task = spawn(server.serve(sockets=[sock]), "admin-api")
         while not server.started:
             if self._admin_task.done():
                 self._admin_task.result()

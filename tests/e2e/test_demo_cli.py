@@ -111,14 +111,17 @@ def test_env_overrides_are_validated_too(tmp_path: Path) -> None:
     assert out.returncode == 2 and "exit.connect_timeout" in out.stderr
 
 
-def test_port_in_use_is_a_clear_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("section", ["PROXY", "ADMIN"])
+def test_port_in_use_is_a_clear_message(tmp_path: Path, section: str) -> None:
     import socket
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = dict(os.environ, EXITGATE_PROXY_LISTEN=f"127.0.0.1:{port}")
+        env = dict(os.environ, EXITGATE_PROXY_LISTEN="127.0.0.1:0",
+                   EXITGATE_ADMIN_LISTEN="127.0.0.1:0", EXITGATE_HUB_LISTEN="127.0.0.1:0")
+        env[f"EXITGATE_{section}_LISTEN"] = f"127.0.0.1:{port}"
         out = subprocess.run([EXITGATE, "serve"], capture_output=True, text=True, timeout=30,
                              cwd=tmp_path, env=env, check=False)
     assert out.returncode == 1
