@@ -99,13 +99,15 @@ async def _serve(config: Path | None, demo: bool) -> None:
         checker_task = spawn(serve_checker("127.0.0.1", checker_port, None), "demo-checker")
         token = gateway.token if gateway.token_generated else None
         typer.echo(demo_mod.banner(access, bound.proxy_url, bound.admin_url, checker_addr, token))
+        if token is None and not settings.admin.token:
+            typer.echo(f"  admin token in {settings.data_dir / 'admin.token'}\n")
     else:
         typer.echo(f"exitgate: proxy on {bound.proxy_url}, admin API on {bound.admin_url}")
+        token_file = settings.data_dir / "admin.token"
         if gateway.token_generated:
-            typer.echo(
-                f"exitgate: admin token {gateway.token} "
-                f"(shown once; stored in {settings.data_dir / 'admin.token'})"
-            )
+            typer.echo(f"exitgate: admin token {gateway.token} (shown once; kept in {token_file})")
+        elif not settings.admin.token:
+            typer.echo(f"exitgate: admin token in {token_file}")
     sys.stdout.flush()
     await stop.wait()
     typer.echo("exitgate: stopping", err=True)

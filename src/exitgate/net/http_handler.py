@@ -60,13 +60,20 @@ def plain_response(status: int, reason: str, text: str) -> bytes:
 
 
 async def read_request_head(conn: Conn, max_size: int) -> RequestHead:
+    buffer = conn.buffer
     while True:
-        parsed = parse_request_head(conn.buffer, max_size)
+        parsed = parse_request_head(buffer, max_size)
         if parsed is not None:
             head, used = parsed
             conn.consume(used)
             return head
-        await conn.read_more()
+        # Parse again only when a line may have ended: a head trickling in byte by byte
+        # must not cost a full re-parse per byte.
+        while True:
+            seen = len(buffer)
+            await conn.read_more()
+            if buffer.find(b"\n", max(seen - 1, 0)) != -1 or len(buffer) > max_size:
+                break
 
 
 def credentials(head: RequestHead) -> tuple[str, str] | None:
@@ -278,7 +285,9 @@ class HttpSession:
                     response, used = parsed
                     upstream.consume(used)
                     if 100 <= response.status < 200 and response.status != 101:
-                        interim = forward_response_head(response, close=False)
+                        interim = forward_response_head(
+                            response, close=False, client_version=request.version
+                        )
                         self.conn.write(interim)
                         sent += len(interim)
                         continue
@@ -305,7 +314,9 @@ class HttpSession:
             and response_keep_alive(response)
             and request_keep_alive(request)
         )
-        out_head = forward_response_head(response, close=not reusable)
+        out_head = forward_response_head(
+            response, close=not reusable, client_version=request.version
+        )
         self.conn.write(out_head)
         sent += len(out_head)
         sent += await self._pump_response_body(upstream, kind, length)
