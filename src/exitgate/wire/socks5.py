@@ -43,7 +43,7 @@ from typing import Final, Literal
 
 from exitgate.errors import SocksReply
 from exitgate.model import Target
-from exitgate.wire.http1 import normalize_host
+from exitgate.wire.host import normalize_host
 
 __all__ = [
     "NEED_DATA",
@@ -144,15 +144,19 @@ def encode_address(host: str, port: int) -> bytes:
     """ATYP + address + port, as in a reply or a UDP header. Domains are sent as ATYP 3."""
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"port out of range: {port}")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        name = host.encode("idna") if not host.isascii() else host.encode("ascii")
-        if not 0 < len(name) <= 255:
-            raise ValueError("domain must be 1..255 bytes") from None
-        return bytes((AddressType.DOMAIN, len(name))) + name + port.to_bytes(2, "big")
-    atyp = AddressType.IPV4 if ip.version == 4 else AddressType.IPV6
-    return bytes((atyp,)) + ip.packed + port.to_bytes(2, "big")
+    # Only try an IP parse where one is possible: a failed parse costs more than the rest.
+    if ":" in host or host[-1:].isdigit():
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            atyp = AddressType.IPV4 if ip.version == 4 else AddressType.IPV6
+            return bytes((atyp,)) + ip.packed + port.to_bytes(2, "big")
+    name = host.encode("ascii") if host.isascii() else host.encode("idna")
+    if not 0 < len(name) <= 255:
+        raise ValueError("domain must be 1..255 bytes")
+    return bytes((AddressType.DOMAIN, len(name))) + name + port.to_bytes(2, "big")
 
 
 def _address_length(data: bytes | bytearray, at: int) -> int | None:
