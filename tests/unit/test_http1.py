@@ -30,7 +30,7 @@ from exitgate.wire.http1 import (
     response_keep_alive,
 )
 
-Parser = Callable[[bytes], "tuple[RequestHead, int] | tuple[ResponseHead, int] | None"]
+Parser = Callable[[bytes | bytearray], "tuple[RequestHead, int] | tuple[ResponseHead, int] | None"]
 
 GET = (
     b"GET http://Example.com/a?b=1 HTTP/1.1\r\n"
@@ -225,7 +225,9 @@ def test_http_error_phrase() -> None:
 
 def test_response_head_three_ways() -> None:
     head = three_ways(parse_response_head, RESPONSE, trailing=b"hello")
-    assert head == ResponseHead("HTTP/1.1", 200, "OK", ((b"Content-Length", b"5"), (b"Server", b"s")))
+    assert head == ResponseHead(
+        "HTTP/1.1", 200, "OK", ((b"Content-Length", b"5"), (b"Server", b"s"))
+    )
 
 
 @pytest.mark.parametrize(
@@ -407,6 +409,7 @@ def test_absolute_target_errors(uri: str) -> None:
         ("::1", "::1"),
         ("localhost", "localhost"),
         ("1e100.net", "1e100.net"),
+        ("0xyz", "0xyz"),  # not hex: a name
     ],
 )
 def test_normalize_host(host: str, normal: str) -> None:
@@ -416,8 +419,24 @@ def test_normalize_host(host: str, normal: str) -> None:
 
 @pytest.mark.parametrize(
     "host",
-    ["", ".", "a..b", "256.1.1.1", "1.2.3.4.", "www.123", "0x10", "a/b", "a@b", "\u3000", "a" * 255,
-     "[::1", "fe80::1%eth0", "1:2"],
+    [
+        "",
+        ".",
+        "a..b",
+        "256.1.1.1",
+        "1.2.3.4.",
+        "www.123",
+        "0x10",
+        "a.0x",
+        "0XAB",
+        "a/b",
+        "a@b",
+        "\u3000",
+        "a" * 255,
+        "[::1",
+        "fe80::1%eth0",
+        "1:2",
+    ],
 )
 def test_normalize_host_errors(host: str) -> None:
     with pytest.raises(ValueError):
@@ -444,7 +463,7 @@ def test_forward_request_head() -> None:
         b"x-Kept: 1\r\n"
         b"\r\n"
     )
-    scheme, target, path = absolute_target(head)
+    _, target, path = absolute_target(head)
     out = forward_request_head(head, target, path)
     assert out == (
         b"POST /p?q HTTP/1.1\r\nHost: example.com\r\n"
@@ -457,12 +476,24 @@ def test_forward_request_head() -> None:
     ("target", "version", "close", "expected"),
     [
         (Target("h", 8080), "HTTP/1.1", False, b"GET / HTTP/1.1\r\nHost: h:8080\r\nA: 1\r\n\r\n"),
-        (Target("::1", 80), "HTTP/1.1", True,
-         b"GET / HTTP/1.1\r\nHost: [::1]\r\nA: 1\r\nConnection: close\r\n\r\n"),
-        (Target("h", 80), "HTTP/1.0", False,
-         b"GET / HTTP/1.0\r\nHost: h\r\nA: 1\r\nConnection: keep-alive\r\n\r\n"),
-        (Target("h", 80), "HTTP/1.0", True,
-         b"GET / HTTP/1.0\r\nHost: h\r\nA: 1\r\nConnection: close\r\n\r\n"),
+        (
+            Target("::1", 80),
+            "HTTP/1.1",
+            True,
+            b"GET / HTTP/1.1\r\nHost: [::1]\r\nA: 1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            Target("h", 80),
+            "HTTP/1.0",
+            False,
+            b"GET / HTTP/1.0\r\nHost: h\r\nA: 1\r\nConnection: keep-alive\r\n\r\n",
+        ),
+        (
+            Target("h", 80),
+            "HTTP/1.0",
+            True,
+            b"GET / HTTP/1.0\r\nHost: h\r\nA: 1\r\nConnection: close\r\n\r\n",
+        ),
     ],
 )
 def test_forward_request_head_host_and_connection(
@@ -495,9 +526,7 @@ def test_forward_response_head() -> None:
 
 
 def test_forward_response_head_drops_content_length_under_transfer_encoding() -> None:
-    head = resp(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
+    head = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n")
     out = forward_response_head(head, close=False)
     assert out == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -572,8 +601,7 @@ def test_request_body(fields: bytes, expected: tuple[BodyKind, int]) -> None:
         (200, b"", "GET", (BodyKind.UNTIL_CLOSE, 0)),
         (200, b"Transfer-Encoding: gzip, chunked\r\n", "GET", (BodyKind.CHUNKED, 0)),
         (200, b"Transfer-Encoding: chunked, gzip\r\n", "GET", (BodyKind.UNTIL_CLOSE, 0)),
-        (200, b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "GET",
-         (BodyKind.CHUNKED, 0)),
+        (200, b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "GET", (BodyKind.CHUNKED, 0)),
     ],
 )
 def test_response_body(
@@ -643,7 +671,7 @@ def test_negative_length_is_refused() -> None:
     [
         b"0\r\n\r\n",
         b"5\r\nhello\r\n0\r\n\r\n",
-        b"5;ext=1;q=\"a b\"\r\nhello\r\nA \t; x\r\n0123456789\r\n0\r\n\r\n",
+        b'5;ext=1;q="a b"\r\nhello\r\nA \t; x\r\n0123456789\r\n0\r\n\r\n',
         b"1f\r\n" + b"x" * 31 + b"\r\n00\r\nX-Sum: 1\r\nX-Other:\r\n\r\n",
         b"000000000000000F\r\n" + b"y" * 15 + b"\r\n0;last\r\n\r\n",
         b"4\r\n\r\n\r\n\r\n0\r\n\r\n",  # chunk data that looks like CRLFs

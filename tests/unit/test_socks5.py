@@ -91,7 +91,7 @@ def test_handshake_three_ways(wire: bytes, expected: list[object], trailing: byt
 
 
 def test_trailing_data_arriving_after_the_request_is_kept_and_returned_once() -> None:
-    events, tail, srv = run([NOAUTH_GREETING + CONNECT_V4 + b"ab"])
+    _, tail, srv = run([NOAUTH_GREETING + CONNECT_V4 + b"ab"])
     srv.receive_data(b"cd")
     assert srv.trailing_data() == b"cd"
     assert tail == b"ab"
@@ -329,8 +329,9 @@ def test_encode_address_errors(host: str, port: int, message: str) -> None:
         encode_address(host, port)
 
 
-def test_encode_address_idn_goes_as_punycode() -> None:
+def test_encode_address_domains() -> None:
     assert encode_address("bücher.de", 80) == b"\x03\x10xn--bcher-kva.de\x00\x50"
+    assert encode_address("host1", 80) == b"\x03\x05host1\x00\x50"  # not an IP, though digit-final
 
 
 @pytest.mark.parametrize(

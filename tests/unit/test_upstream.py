@@ -109,10 +109,13 @@ def drive_http(client: HttpConnectClient, answer: bytes, *, bytewise: bool) -> b
 
 def test_http_initial_with_credentials() -> None:
     token = base64.b64encode(b"user:p@ss:word").decode()
-    assert HttpConnectClient(HTTP, TARGET).initial() == (
-        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
-        f"Proxy-Authorization: Basic {token}\r\n\r\n"
-    ).encode()
+    assert (
+        HttpConnectClient(HTTP, TARGET).initial()
+        == (
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+            f"Proxy-Authorization: Basic {token}\r\n\r\n"
+        ).encode()
+    )
 
 
 def test_http_initial_without_credentials_and_ipv6_target() -> None:
