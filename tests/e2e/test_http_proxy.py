@@ -186,3 +186,17 @@ def test_respond_with_headers_describe_the_node(lab, echo: EchoServer) -> None:
     assert headers["node-city"] == "berlin"
     assert headers["node-region"] == "berlin"
     assert headers["node-uid"] == node.id
+
+
+def test_a_failing_node_is_replaced_transparently_without_a_session(gw, origin: Origin) -> None:
+    from tests.support.origin import closed_port
+
+    _, key = gw.package()
+    gw.upstream_node(f"http://127.0.0.1:{closed_port()}", country="nl")  # refuses: node failure
+    gw.direct_node(bind="127.0.0.6", country="nl")
+    proxies = {"http": gw.proxy_url("country-nl", key)}
+    for _ in range(12):  # with two nodes, random selection meets the dead one often
+        r = requests.get(f"{origin.url}/ip", proxies=proxies, timeout=10)
+        assert r.status_code == 200 and r.json()["ip"] == "127.0.0.6"
+    out = curl("-p", "-x", gw.proxy_url("country-nl", key), f"{origin.url}/ip")
+    assert json.loads(out.stdout)["ip"] == "127.0.0.6"

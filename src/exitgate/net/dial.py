@@ -49,6 +49,13 @@ class NodeFailure(Exception):
 
 
 AgentDialer = Callable[[Node, Target, float], Coroutine[Any, Any, Conn]]
+AddrInfo = list[tuple[Any, ...]]
+Resolver = Callable[[str, int, int], Coroutine[Any, Any, AddrInfo]]
+
+
+async def system_resolver(host: str, port: int, family: int) -> AddrInfo:
+    loop = asyncio.get_running_loop()
+    return await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
 
 
 class Dialer:
@@ -59,10 +66,12 @@ class Dialer:
         policy: DestinationPolicy,
         connect_timeout: float,
         agent_dialer: AgentDialer | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.policy = policy
         self.connect_timeout = connect_timeout
         self.agent_dialer = agent_dialer
+        self.resolver = resolver
 
     async def dial(self, node: Node, target: Target) -> Conn:
         match node.kind:
@@ -120,11 +129,8 @@ class Dialer:
                     proxy_status="destination_ip_unroutable",
                 )
             return [target.host]
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(
-                target.host, target.port, family=family, type=socket.SOCK_STREAM
-            )
+            infos = await self.resolver(target.host, target.port, family)
         except (socket.gaierror, UnicodeError):
             raise GatewayError(
                 Code.TARGET_UNREACHABLE,
