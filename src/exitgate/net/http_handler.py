@@ -45,6 +45,14 @@ RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
 
 
 @dataclass(slots=True)
+class _BodyProgress:
+    """How much of a request body went out; counted as it goes, so cancellation loses none."""
+
+    sent: int = 0
+    complete: bool = False
+
+
+@dataclass(slots=True)
 class _Kept:
     node: Node
     target: Target
@@ -207,8 +215,9 @@ class HttpSession:
         try:
             upstream.write(out_head)
             up += len(out_head)
+            body = _BodyProgress()
             pump = (
-                spawn(self._pump_body(upstream, body_kind, body_length), "http-request-body")
+                spawn(self._pump_body(upstream, body_kind, body_length, body), "http-request-body")
                 if has_body
                 else None
             )
@@ -217,9 +226,10 @@ class HttpSession:
             finally:
                 if pump is not None:
                     if not pump.done():
-                        pump.cancel()
+                        pump.cancel()  # an early answer: the rest of the body is not wanted
                     with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                        up += await pump
+                        await pump
+                    up += body.sent
             reusable, sent = answer
             down += sent
         except GatewayError as err:
@@ -232,9 +242,11 @@ class HttpSession:
         finally:
             if ctx.proxy.metering:
                 ctx.recorder.traffic(package_id, up, down)
-        if not reusable:
+        if not reusable or (has_body and not body.complete):
+            # unread body bytes would be taken for the next request: close instead
             self._drop_kept()
-        return reusable and request_keep_alive(head)
+            return False
+        return request_keep_alive(head)
 
     async def _upstream_for(self, admitted: Admitted) -> tuple[Conn, Node]:
         kept = self.kept
@@ -251,9 +263,10 @@ class HttpSession:
         self.kept = _Kept(route.node, admitted.target, route.conn)
         return route.conn, route.node
 
-    async def _pump_body(self, upstream: Conn, kind: BodyKind, length: int) -> int:
+    async def _pump_body(
+        self, upstream: Conn, kind: BodyKind, length: int, progress: _BodyProgress
+    ) -> None:
         framer = BodyFramer(kind, length)
-        sent = 0
         conn = self.conn
         while not framer.done:
             if not conn.buffer:
@@ -267,9 +280,9 @@ class HttpSession:
                 chunk = bytes(conn.buffer[:n])
                 conn.consume(n)
             upstream.write(chunk)
-            sent += n
+            progress.sent += n
             await upstream.drain()
-        return sent
+        progress.complete = True
 
     async def _relay_response(
         self, upstream: Conn, request: RequestHead, node: Node, target: Target
