@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
 from exitgate.errors import Code, GatewayError
-from exitgate.model import Org, Package, PackageStatus, Protocol, Target
+from exitgate.model import Org, Package, PackageStatus, Protocol, Target, parse_ip
 from exitgate.routing.select import Filters, filters_for
 from exitgate.rules import Catalogue, Entitlements, Rules, parse_rules
 
@@ -94,14 +94,11 @@ class DestinationPolicy:
 
     def check(self, target: Target) -> None:
         self.check_port(target.port)
-        try:
-            ip = ipaddress.ip_address(target.host)
-        except ValueError:
+        ip = parse_ip(target.host)
+        if ip is None:
             name = target.host.rstrip(".").lower()
             if not self.allow_private and (name == "localhost" or name.endswith(".localhost")):
-                raise GatewayError(
-                    Code.DISALLOWED, f"Destination {target.host} not allowed"
-                ) from None
+                raise GatewayError(Code.DISALLOWED, f"Destination {target.host} not allowed")
             return
         self.check_address(ip)
 

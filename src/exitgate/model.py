@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,6 +56,18 @@ class HostKind(enum.Enum):
     IPV6 = "ipv6"
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@lru_cache(maxsize=8192)
+def parse_ip(host: str) -> IPAddress | None:
+    """`host` as an IP address, or None for a domain name (cached: it runs per request)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where the client wants to go. `host` is a domain name or an IP literal (no brackets)."""
@@ -64,9 +77,8 @@ class Target:
 
     @property
     def kind(self) -> HostKind:
-        try:
-            ip = ipaddress.ip_address(self.host)
-        except ValueError:
+        ip = parse_ip(self.host)
+        if ip is None:
             return HostKind.DOMAIN
         return HostKind.IPV4 if ip.version == 4 else HostKind.IPV6
 

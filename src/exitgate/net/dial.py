@@ -28,7 +28,7 @@ from typing import Any
 
 from exitgate.admission import DestinationPolicy
 from exitgate.errors import Code, GatewayError, SocksReply
-from exitgate.model import HostKind, Node, NodeKind, Target
+from exitgate.model import Node, NodeKind, Target, parse_ip
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.wire.upstream import (
     HttpConnectClient,
@@ -120,8 +120,8 @@ class Dialer:
         raise _target_error(target, last)
 
     async def _resolve(self, target: Target, family: int) -> list[str]:
-        if target.kind is not HostKind.DOMAIN:
-            ip = ipaddress.ip_address(target.host)
+        ip = parse_ip(target.host)
+        if ip is not None:
             if family != socket.AF_UNSPEC and (ip.version == 4) != (family == socket.AF_INET):
                 raise GatewayError(
                     Code.TARGET_UNREACHABLE,
