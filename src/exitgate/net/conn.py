@@ -34,6 +34,7 @@ class ConnectionClosed(Exception):
 
 class Conn(asyncio.Protocol):
     __slots__ = (
+        "_deadline",
         "_drain_waiter",
         "_on_made",
         "_paused_reading",
@@ -63,6 +64,7 @@ class Conn(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._paused_reading = False
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,6 +104,7 @@ class Conn(asyncio.Protocol):
         return True  # half-open: the handler decides when to close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.clear_deadline()
         self.closed = True
         self.eof = True
         self._wake_reader()
@@ -128,6 +131,22 @@ class Conn(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.closed:
             peer.transport.resume_reading()
+
+    # -- deadlines --------------------------------------------------------------------------
+    def set_deadline(self, delay: float) -> None:
+        """Abort the connection unless `clear_deadline` comes within `delay` seconds.
+
+        One timer handle per phase: cheaper than an `asyncio.timeout` scope around every
+        await of a handshake, and it also bounds phases that await several things. An aborted
+        connection makes the pending `read_more` raise `ConnectionClosed`.
+        """
+        self.clear_deadline()
+        self._deadline = asyncio.get_running_loop().call_later(delay, self.abort)
+
+    def clear_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     # -- read mode --------------------------------------------------------------------------
     def _wake_reader(self) -> None:

@@ -125,16 +125,15 @@ class HttpSession:
         try:
             first = True
             while True:
-                timeout = self.ctx.proxy.handshake_timeout if first else self.ctx.proxy.idle_timeout
+                if not first:
+                    self.conn.set_deadline(self.ctx.proxy.idle_timeout)
                 first = False
                 try:
-                    async with asyncio.timeout(timeout):
-                        head = await read_request_head(self.conn, self.ctx.proxy.max_head_size)
-                except TimeoutError:
-                    return
+                    head = await read_request_head(self.conn, self.ctx.proxy.max_head_size)
                 except HttpError as exc:
                     self.conn.write(plain_response(exc.status, exc.reason, str(exc)))
                     return
+                self.conn.clear_deadline()
                 if head.method == "CONNECT":
                     await self.tunnel(head)
                     return

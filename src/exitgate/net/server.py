@@ -73,10 +73,12 @@ class ProxyServer:
 
     async def _handle(self, conn: Conn, mode: Mode, *, sniff: bool = True) -> None:
         self.clients.add(conn)
+        # The handshake deadline runs from accept; each session clears it when its
+        # negotiation is done (and sets its own for later phases).
+        conn.set_deadline(self.ctx.proxy.handshake_timeout)
         try:
             if sniff and mode == "auto" and not conn.buffer:
-                async with asyncio.timeout(self.ctx.proxy.handshake_timeout):
-                    await conn.read_more()
+                await conn.read_more()
             if mode == "socks5" or (sniff and mode == "auto" and conn.buffer[0] == SOCKS_VERSION):
                 await SocksSession(self.ctx, conn).run()
             else:

@@ -4,12 +4,10 @@ Gates 1-2 answer in the RFC 1929 sub-negotiation (status 0x01 on failure), gates
 CONNECT reply (the catalogue's reply byte). A client offering only "no authentication" is
 accepted when its address is on a package's allowlist, and refused with method 0xFF otherwise
 (recorded as ERR_AUTH_REQUIRED). The whole negotiation must finish within the handshake
-timeout; the dial has its own (connect) timeout.
+deadline set at accept; the dial has its own (connect) timeout.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from exitgate.admission import Identity
 from exitgate.errors import Code, GatewayError, SocksReply
@@ -106,13 +104,11 @@ class SocksSession:
     async def run(self) -> None:
         ctx = self.ctx
         try:
-            async with asyncio.timeout(ctx.proxy.handshake_timeout):
-                negotiated = await self.negotiate()
+            negotiated = await self.negotiate()  # under the handshake deadline set at accept
         except Socks5Error as exc:
             self.conn.write(exc.reply)
             return
-        except TimeoutError:
-            return
+        self.conn.clear_deadline()
         if negotiated is None:
             return
         identity, target = negotiated
