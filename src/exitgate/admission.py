@@ -22,6 +22,7 @@ resolves to is checked by the direct exit just before it connects (see `exits.di
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
@@ -44,6 +45,22 @@ class Directory(TypingProtocol):
     def catalogue(self) -> Catalogue: ...
 
 
+class Lease(TypingProtocol):
+    """What gate 5 hands out: a concurrency slot, released on every path (safe twice)."""
+
+    def release(self) -> None: ...
+
+
+class _NoLease:
+    __slots__ = ()
+
+    def release(self) -> None:
+        return None
+
+
+NO_LEASE: Lease = _NoLease()
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     package: Package
@@ -57,22 +74,30 @@ class Admitted:
     target: Target
     protocol: Protocol
     filters: Filters
+    lease: Lease = NO_LEASE  # the caller releases it when the request or connection ends
 
 
 class LimitGate(TypingProtocol):
-    def __call__(self, package: Package, protocol: Protocol) -> None: ...
+    """Gate 5: rate, concurrency and traffic cap; a lease, or RATE_LIMIT_EXCEEDED /
+    TRAFFIC_LIMIT_EXCEEDED. Async: a shared backend (Redis) may answer it."""
+
+    def __call__(self, package: Package) -> Awaitable[Lease]: ...
 
 
 class SessionGate(TypingProtocol):
     def __call__(self, package: Package, rules: Rules) -> None: ...
 
 
-def _no_limits(package: Package, protocol: Protocol) -> None:
-    return None
+async def _no_limits(package: Package) -> Lease:
+    return NO_LEASE
 
 
 def _no_sessions(package: Package, rules: Rules) -> None:
     return None
+
+
+def _pool_empty(org: Org) -> bool:
+    return org.credits is not None and org.credits <= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +134,8 @@ class Admission:
     destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
     limits: LimitGate = _no_limits
     sessions: SessionGate = _no_sessions
+    # gate 2's view of a pool: the live one counts bytes relayed but not yet debited
+    credits_exhausted: Callable[[Org], bool] = _pool_empty
 
     # -- gates 1 and 2 ----------------------------------------------------------------------
     def authenticate(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
@@ -150,18 +177,19 @@ class Admission:
         org = self.directory.org(package.org_id)
         if org is None:
             raise GatewayError(Code.PACKAGE_SUSPENDED, "Organization no longer exists")
-        if org.credits is not None and org.credits <= 0:
+        if self.credits_exhausted(org):
             raise GatewayError(Code.PACKAGE_NO_CREDITS)
 
     # -- gates 3 to 6 -----------------------------------------------------------------------
-    def authorize(self, identity: Identity, protocol: Protocol, target: Target) -> Admitted:
+    async def authorize(self, identity: Identity, protocol: Protocol, target: Target) -> Admitted:
+        """Gates 3 to 6. The returned lease is the caller's to release."""
         try:
-            return self._authorize(identity, protocol, target)
+            return await self._authorize(identity, protocol, target)
         except GatewayError as exc:
             exc.package_id = identity.package.id
             raise
 
-    def _authorize(self, identity: Identity, protocol: Protocol, target: Target) -> Admitted:
+    async def _authorize(self, identity: Identity, protocol: Protocol, target: Target) -> Admitted:
         package = identity.package
         if protocol not in package.protocols:
             raise GatewayError(Code.DISALLOWED, f"Protocol {protocol} not in allowed list")
@@ -171,6 +199,11 @@ class Admission:
             self.directory.catalogue,
             Entitlements(rules=package.rules, networks=package.networks),
         )
-        self.limits(package, protocol)
-        self.sessions(package, rules)
-        return Admitted(package, rules, target, protocol, filters_for(rules, package.networks))
+        lease = await self.limits(package)
+        try:
+            self.sessions(package, rules)
+        except BaseException:
+            lease.release()
+            raise
+        filters = filters_for(rules, package.networks)
+        return Admitted(package, rules, target, protocol, filters, lease)

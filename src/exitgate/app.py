@@ -16,25 +16,27 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 
 import uvicorn
 from fastapi import APIRouter, HTTPException
 
 from exitgate.admin.api import create_admin_app
-from exitgate.admission import Admission, DestinationPolicy
-from exitgate.model import Node, NodeState
+from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.model import Node, NodeState, Package
 from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
 from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
+from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
 from exitgate.registry import Registry
 from exitgate.routing.index import NodeIndex
-from exitgate.services import AccountService
+from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
+from exitgate.store.counters import Counters, open_counters
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate")
@@ -97,6 +99,10 @@ class Gateway:
         self.recorder = Recorder()
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
+        self.usage: UsageService | None = None
+        self.counters: Counters | None = None
+        self.limiter: Limiter | None = None
+        self.keeper: LeaseKeeper | None = None
         self.token = ""
         self.token_generated = False
         self._admin: uvicorn.Server | None = None
@@ -114,12 +120,25 @@ class Gateway:
         self.registry.on_node_change(self._on_node)
         await asyncio.to_thread(self.registry.load, store)
         self.service = AccountService(store, self.registry)
+        self.usage = UsageService(self.service, settings.billing)
+        await self.usage.start()
+        self.counters = open_counters(settings.store.redis_url)
+        self.limiter = Limiter(self.counters)
+        self.keeper = LeaseKeeper(self.limiter)
+        await self.keeper.start()
+        metering = self.usage.metering
+        limiter = self.limiter
+
+        def gate5(package: Package) -> Awaitable[Lease]:
+            return limiter.admit(package, then=metering.check)
 
         policy = DestinationPolicy(
             allow_private=settings.exit.allow_private,
             allow_ports=frozenset(settings.exit.allow_ports),
         )
-        admission = Admission(self.registry, policy)
+        admission = Admission(
+            self.registry, policy, limits=gate5, credits_exhausted=metering.out_of_credits
+        )
         dialer = Dialer(policy, settings.exit.connect_timeout)
         ctx = ProxyContext(
             proxy=settings.proxy,
@@ -127,6 +146,7 @@ class Gateway:
             admission=admission,
             connector=Connector(self.index, dialer),
             recorder=self.recorder,
+            usage=self.usage,
         )
         tls = None
         if settings.proxy.tls_cert:
@@ -157,13 +177,14 @@ class Gateway:
         return [router]
 
     async def _start_admin(self) -> tuple[str, int]:
-        if self.service is None:
-            raise RuntimeError("start the store before the admin API")
+        if self.service is None or self.usage is None:
+            raise RuntimeError("start the store and usage before the admin API")
         app = create_admin_app(
             self.service,
             self.token,
             extra_routers=self._routers(),
-            usage_provider=self.recorder.usage,
+            usage_provider=self.usage.totals,
+            usage_buckets=self.usage.buckets,
         )
         host, port = split_hostport(self.settings.admin.listen)
         # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,
@@ -184,8 +205,15 @@ class Gateway:
         return str(sock[0]), int(sock[1])
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Drain the proxy first, so the last usage flush sees every relayed byte."""
         if self.proxy is not None:
             await self.proxy.close(grace)
+        if self.keeper is not None:
+            await self.keeper.close()
+        if self.usage is not None:
+            await self.usage.close()
+        if self.counters is not None:
+            await self.counters.close()
         if self._admin is not None and self._admin_task is not None:
             self._admin.should_exit = True
             with contextlib.suppress(Exception):

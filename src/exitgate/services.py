@@ -1,4 +1,5 @@
-"""Account operations for the admin API (and the CLI through it): store first, then registry.
+"""Account operations for the admin API (and the CLI through it): store first, then registry;
+and the background services of the policy layer: the usage flusher and the lease keeper.
 
 Each write runs the blocking store call in a worker thread, then puts the stored record into
 the `Registry` on the loop, so the proxy sees the change on its next request. Writes hold one
@@ -8,15 +9,33 @@ are rare, so one lock costs nothing. Reads go to the store (the source of truth)
 
 Input validation is the API schemas' job (422 naming the field); this layer trusts its typed
 arguments and raises `NotFound` for unknown ids.
+
+`UsageService` runs the usage flush (see `policy.usage` for the theory): every `interval`
+seconds, and at each hour boundary, one `UsageBatch` goes to the store in one transaction
+through `AccountService.record_usage`, which holds the same write lock as the admin writes, so
+the registry's organizations (and their credits) change in store order, and which tells the
+meters about the debit in the same event-loop step as it updates the registry. A write runs in
+its own task, shielded: cancelling a flush never leaves a batch half-known (written, but not
+marked so). `close()` stops the loop and flushes what is left.
+
+`LeaseKeeper` renews the concurrency leases a `Limiter` holds, every TTL/3.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from exitgate.model import Network, Node, NodeKind, NodeState, Org, Package
+from exitgate.policy.metering import Metering
+from exitgate.policy.ratelimit import Limiter
+from exitgate.policy.usage import UsageBatch, UsageBook, merge_buckets
 from exitgate.registry import Registry
+from exitgate.settings import BillingSettings
 from exitgate.store.base import (
     AccountStore,
     NewNode,
@@ -24,8 +43,16 @@ from exitgate.store.base import (
     NodeUpdate,
     OrgUpdate,
     PackageUpdate,
+    UsageBucket,
+    UsageDelta,
+    UsageRecorded,
+    UsageTotals,
+    hour_of,
 )
 from exitgate.store.keys import hash_key, new_key
+from exitgate.tasks import spawn
+
+log = logging.getLogger("exitgate.usage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +115,25 @@ class AccountService:
     async def list_orgs(self) -> list[Org]:
         return await asyncio.to_thread(self.store.list_orgs)
 
+    async def record_usage(
+        self,
+        deltas: Sequence[UsageDelta],
+        debits: Mapping[str, float],
+        after: Callable[[UsageRecorded], None] | None = None,
+    ) -> UsageRecorded:
+        """Write one usage flush; put the debited orgs in the registry and call `after` in the
+        same event-loop step (nothing else sees the registry in between)."""
+        async with self._write:
+            result = await asyncio.to_thread(self.store.record_usage, deltas, debits)
+            for org in result.orgs:
+                self.registry.put_org(org)
+            if after is not None:
+                try:
+                    after(result)
+                except Exception:  # the write happened: never report it as failed
+                    log.exception("after-commit step of a usage flush failed")
+        return result
+
     # packages
 
     async def create_package(self, new: NewPackage) -> tuple[Package, str]:
@@ -145,3 +191,142 @@ class AccountService:
         async with self._write:
             await asyncio.to_thread(self.store.delete_node, node_id)
             self.registry.remove_node(node_id)
+
+
+# -- usage
+
+
+class UsageService:
+    """The usage flush, and reads of usage for the admin API."""
+
+    def __init__(
+        self,
+        accounts: AccountService,
+        billing: BillingSettings | None = None,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.accounts = accounts
+        self.interval = interval
+        prices = billing.price_per_gb if billing is not None else None
+        self.metering = Metering(accounts.registry.org, prices)
+        self.book = UsageBook(self.metering, clock)
+        self._lock = asyncio.Lock()  # one flush at a time; reads never see a batch in flight
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[bool]] = set()
+
+    # -- life ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Seed the traffic caps with the stored totals, then flush in the background."""
+        totals = await asyncio.to_thread(self.accounts.store.usage_totals)
+        self.metering.load({package_id: t.traffic for package_id, t in totals.items()})
+        self._task = spawn(self._run(), "usage-flush")
+
+    async def close(self) -> None:
+        """Stop the loop and flush what is left (the relays should be closed first)."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+            self._task = None
+        if not await self.flush():
+            log.error("usage not written at shutdown: the last interval is lost")
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.book.delay(self.interval))
+            if self._stop.is_set():
+                return  # close() does the last flush
+            await self.flush()
+
+    # -- the proxy side -----------------------------------------------------------------------
+    def request(self, package_id: str) -> None:
+        self.book.request(package_id)
+
+    def error(self, package_id: str, code: str) -> None:
+        self.book.error(package_id, code)
+
+    # -- flushing -----------------------------------------------------------------------------
+    async def flush(self) -> bool:
+        """Write everything not yet written; False when the store failed (kept for later)."""
+        async with self._lock:
+            batch = self.book.take()
+            if batch is None:
+                return True
+            write = spawn(self._write(batch), "usage-write")
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            return await asyncio.shield(write)
+
+    async def _write(self, batch: UsageBatch) -> bool:
+        def after(result: UsageRecorded) -> None:
+            self.metering.committed(batch.traffic, result.totals)
+
+        try:
+            await self.accounts.record_usage(batch.rows, batch.debits, after)
+        except Exception as exc:
+            log.warning("usage flush failed, retrying with the next one: %s", exc)
+            self.book.failed(batch)
+            return False
+        return True
+
+    # -- reads --------------------------------------------------------------------------------
+    async def totals(self, package_id: str) -> dict[str, int]:
+        """{bytes_up, bytes_down, requests}: the store's totals plus what is not written yet
+        (the admin API's `usage_provider`)."""
+        async with self._lock:
+            stored = await asyncio.to_thread(self.accounts.store.usage_totals, [package_id])
+            live = self.book.unflushed(package_id)
+        return (stored.get(package_id, UsageTotals()) + live).as_dict()
+
+    async def buckets(
+        self,
+        package_id: str,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[UsageBucket]:
+        """Hourly buckets overlapping [since, until) (epoch seconds), newest first."""
+        first = None if since is None else hour_of(since)
+        # A bucket starting before `until` overlaps [.., until): an exclusive bound, rounded up.
+        last = None if until is None else -int(-until // 1)
+        store = self.accounts.store
+        async with self._lock:
+            stored = await asyncio.to_thread(store.usage_buckets, package_id, first, last, limit)
+            live = self.book.unflushed_rows(package_id)
+        return merge_buckets(stored, live, first, last, limit)
+
+
+# -- limits
+
+
+class LeaseKeeper:
+    """Renews a limiter's concurrency leases well before they expire."""
+
+    def __init__(self, limiter: Limiter, interval: float | None = None) -> None:
+        self.limiter = limiter
+        self.interval = interval if interval is not None else limiter.lease_ttl / 3
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = spawn(self._run(), "lease-renewal")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.limiter.renew()
+            except Exception as exc:  # a backend hiccup: the next round tries again
+                log.warning("lease renewal failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,4 +1,4 @@
-"""The admin HTTP API (SPEC 9): organizations, packages, nodes.
+"""The admin HTTP API (SPEC 9): organizations, packages, nodes, usage.
 
 `create_admin_app` builds the FastAPI app over an `AccountService`. Everything needs
 `Authorization: Bearer <token>` (compared in constant time) except `/healthz` and whatever
@@ -12,6 +12,11 @@ Error answers are JSON `{"detail": ...}`:
 - 422 `[{"loc": ["body", "rps_limit"], "msg": ..., "type": ...}]`: FastAPI's shape without
   its `input` echo, since the input may hold a node's credentials. An unknown `org_id` in a
   package body is a 422 on `org_id` (the body refers to nothing; the path exists).
+
+Usage: `GET /v1/packages/{id}` carries `usage` totals from `usage_provider`;
+`GET /v1/packages/{id}/usage?since=&until=&limit=` lists hourly buckets from `usage_buckets`,
+newest first: those overlapping [since, until) (ISO 8601; no timezone means UTC), at most
+`limit` (default 1000, at most 10000). Without a provider a package has no usage (zeros, []).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hmac
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
@@ -42,6 +48,8 @@ from exitgate.admin.schemas import (
     PackageOut,
     PackagePatch,
     Usage,
+    UsageBucketOut,
+    epoch_of,
 )
 from exitgate.model import Limits as PackageLimits
 from exitgate.model import Network, NodeAttrs, NodeKind, NodeState
@@ -54,9 +62,13 @@ from exitgate.store.base import (
     NotFound,
     OrgUpdate,
     PackageUpdate,
+    UsageBucket,
 )
 
 UsageProvider = Callable[[str], Mapping[str, int] | Awaitable[Mapping[str, int]]]
+# (package_id, since, until, limit) → buckets, newest first; times in epoch seconds
+UsageBuckets = Callable[[str, float | None, float | None, int], Awaitable[Sequence[UsageBucket]]]
+MAX_BUCKETS = 10_000
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token")
 
@@ -68,6 +80,7 @@ def create_admin_app(
     extra_routers: Sequence[APIRouter] = (),
     public_routers: Sequence[APIRouter] = (),
     usage_provider: UsageProvider | None = None,
+    usage_buckets: UsageBuckets | None = None,
 ) -> FastAPI:
     """The admin app. `extra_routers` are mounted behind the token, `public_routers` not."""
     if not token:
@@ -106,7 +119,7 @@ def create_admin_app(
         return app.openapi()
 
     private.include_router(_org_routes(service))
-    private.include_router(_package_routes(service, usage_provider))
+    private.include_router(_package_routes(service, usage_provider, usage_buckets))
     private.include_router(_node_routes(service))
     for router in extra_routers:
         private.include_router(router)
@@ -129,8 +142,10 @@ async def _invalid(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-def _field_error(field: str, msg: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", field), "msg": msg, "type": kind}])
+def _field_error(
+    field: str, msg: str, kind: str = "value_error", where: str = "body"
+) -> RequestValidationError:
+    return RequestValidationError([{"loc": (where, field), "msg": msg, "type": kind}])
 
 
 # -- organizations
@@ -166,7 +181,11 @@ def _org_routes(service: AccountService) -> APIRouter:
 # -- packages
 
 
-def _package_routes(service: AccountService, usage_provider: UsageProvider | None) -> APIRouter:
+def _package_routes(
+    service: AccountService,
+    usage_provider: UsageProvider | None,
+    usage_buckets: UsageBuckets | None,
+) -> APIRouter:
     r = APIRouter(prefix="/v1/packages", tags=["packages"])
 
     async def usage_of(package_id: str) -> Usage:
@@ -231,6 +250,24 @@ def _package_routes(service: AccountService, usage_provider: UsageProvider | Non
             rules=pick("rules", None if body.rules is None else frozenset(body.rules)),
         )
         return PackageOut.of(await service.update_package(package_id, update))
+
+    @r.get("/{package_id}/usage")
+    async def package_usage(
+        package_id: str,
+        since: Annotated[datetime | None, Query(description="ISO 8601; UTC if no zone")] = None,
+        until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_BUCKETS)] = 1000,
+    ) -> list[UsageBucketOut]:
+        """Hourly usage buckets, newest first."""
+        first = None if since is None else epoch_of(since)
+        last = None if until is None else epoch_of(until)
+        if first is not None and last is not None and last <= first:
+            raise _field_error("until", "must be later than since", where="query")
+        await service.get_package(package_id)  # 404 for an unknown package
+        if usage_buckets is None:
+            return []
+        found = await usage_buckets(package_id, first, last, limit)
+        return [UsageBucketOut.of(b) for b in found]
 
     @r.post("/{package_id}/key")
     async def rotate_key(package_id: str) -> KeyOut:
@@ -326,4 +363,4 @@ def _node_routes(service: AccountService) -> APIRouter:
     return r
 
 
-__all__ = ["UsageProvider", "create_admin_app"]
+__all__ = ["UsageBuckets", "UsageProvider", "create_admin_app"]

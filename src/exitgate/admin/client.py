@@ -123,6 +123,27 @@ class AdminClient:
         answer = self.request("POST", f"/v1/packages/{_seg(package_id)}/key")
         return str(answer["key"])
 
+    def package_usage(
+        self,
+        package_id: str,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Hourly buckets, newest first; `since`/`until` are ISO 8601 (UTC without a zone)."""
+        params = {
+            k: v for k, v in (("since", since), ("until", until), ("limit", limit)) if v is not None
+        }
+        path = f"/v1/packages/{_seg(package_id)}/usage"
+        found: list[dict[str, Any]] = self.request("GET", path, params=params or None)
+        return found
+
+    def package_errors(self, package_id: str) -> list[dict[str, Any]]:
+        """The recent-errors log, newest first: {time, code, detail, protocol, client, target}."""
+        path = f"/v1/packages/{_seg(package_id)}/errors"
+        found: list[dict[str, Any]] = self.request("GET", path)
+        return found
+
     # nodes
 
     def create_node(self, kind: str, **fields: Any) -> dict[str, Any]:

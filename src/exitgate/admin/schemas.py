@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ from exitgate.geo import COUNTRY_CODES
 from exitgate.model import IPNetwork, Network, Node, NodeState, Org, Package, PackageStatus
 from exitgate.model import Protocol as ClientProtocol
 from exitgate.rules import RULE_NAMES
+from exitgate.store.base import UsageBucket
 
 MAX_NAME = 100
 UPSTREAM_SCHEMES = ("http", "socks5")
@@ -222,6 +224,38 @@ class Usage(BaseModel):
     bytes_up: int = 0
     bytes_down: int = 0
     requests: int = 0
+
+
+class UsageBucketOut(BaseModel):
+    """One package's usage in one UTC hour (`hour`: its start, ISO 8601 with `Z`)."""
+
+    hour: str
+    bytes_up: int
+    bytes_down: int
+    requests: int
+    errors: dict[str, int]  # error code → count
+
+    @classmethod
+    def of(cls, b: UsageBucket) -> UsageBucketOut:
+        return cls(
+            hour=iso_utc(b.hour),
+            bytes_up=b.bytes_up,
+            bytes_down=b.bytes_down,
+            requests=b.requests,
+            errors=dict(b.errors),
+        )
+
+
+def iso_utc(epoch: float) -> str:
+    """`2026-01-02T03:00:00Z`: whole seconds, UTC."""
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_of(when: datetime) -> float:
+    """A datetime as epoch seconds; one without a timezone is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 class PackageOut(BaseModel):

@@ -44,6 +44,7 @@ class Conn(asyncio.Protocol):
         "closed",
         "eof",
         "lost",
+        "on_lost",
         "peer",
         "relayed",
         "tap",
@@ -59,6 +60,7 @@ class Conn(asyncio.Protocol):
         self.relayed = 0  # bytes received while splicing (forwarded to the peer)
         self.tap: Callable[[int], None] | None = None
         self.lost: asyncio.Future[None] | None = None
+        self.on_lost: Callable[[], None] | None = None  # called once the connection is gone
         self._on_made = on_made
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -113,6 +115,9 @@ class Conn(asyncio.Protocol):
             waiter.set_result(None)
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost()
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.closed:
             peer.transport.close()  # flushes what this side already sent

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from exitgate.admission import Admission
+from exitgate.admission import Admission, Admitted
 from exitgate.errors import GatewayError
+from exitgate.model import Node
 from exitgate.net.connect import Connector
+from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
+from exitgate.services import UsageService
 from exitgate.settings import ExitSettings, ProxySettings
 
 log = logging.getLogger("exitgate.proxy")
+
+
+def _uncounted(n: int) -> None:
+    return None
 
 
 @dataclass(slots=True)
@@ -21,8 +29,27 @@ class ProxyContext:
     admission: Admission
     connector: Connector
     recorder: Recorder
+    usage: UsageService
 
     def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
         """Every error, whatever the protocol, lands in the package's recent-errors log."""
         self.recorder.error(err.package_id, err, protocol=protocol, client=client, target=target)
+        if err.package_id is not None:
+            self.usage.error(err.package_id, err.code)
         log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
+
+    def meter(
+        self, admitted: Admitted, node: Node, on_stop: Callable[[GatewayError], None]
+    ) -> Meter | None:
+        """The live account one relayed connection ticks (None with `[proxy] metering` off,
+        a benchmark variant: then nothing is counted and caps are not enforced)."""
+        self.usage.request(admitted.package.id)
+        if not self.proxy.metering:
+            return None
+        return self.usage.metering.open(admitted.package, node.attrs.network, on_stop)
+
+    @staticmethod
+    def ticks(meter: Meter | None) -> tuple[Callable[[int], None], Callable[[int], None]]:
+        if meter is None:
+            return _uncounted, _uncounted
+        return meter.tick_up, meter.tick_down

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from exitgate.admission import Admitted
 from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.model import Node, Protocol, Target
-from exitgate.net.conn import Conn, ConnectionClosed, splice
+from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.context import ProxyContext
+from exitgate.net.relay import relay_tunnel
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
     MALFORMED,
@@ -46,9 +48,8 @@ RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
 
 @dataclass(slots=True)
 class _BodyProgress:
-    """How much of a request body went out; counted as it goes, so cancellation loses none."""
+    """Whether a request body went out whole (else the connection cannot carry another)."""
 
-    sent: int = 0
     complete: bool = False
 
 
@@ -57,6 +58,10 @@ class _Kept:
     node: Node
     target: Target
     conn: Conn
+
+
+def _uncounted(n: int) -> None:
+    return None
 
 
 def plain_response(status: int, reason: str, text: str) -> bytes:
@@ -120,6 +125,11 @@ class HttpSession:
         self.conn = conn
         self.client = conn.peername[0]
         self.kept: _Kept | None = None
+        self.tick_up: Callable[[int], None] = _uncounted
+        self.tick_down: Callable[[int], None] = _uncounted
+        # A client that vanishes mid-forward takes its target connection with it, so a slow
+        # target cannot hold the request (and its concurrency slot) until the response timeout.
+        conn.on_lost = self._drop_kept
 
     async def run(self) -> None:
         try:
@@ -164,21 +174,21 @@ class HttpSession:
         ctx = self.ctx
         try:
             identity = ctx.admission.authenticate(credentials(head), self.client)
-            admitted = ctx.admission.authorize(identity, Protocol.HTTPS, target)
-            route = await ctx.connector.connect(admitted)
+            admitted = await ctx.admission.authorize(identity, Protocol.HTTPS, target)
         except GatewayError as err:
             self._fail(err, target.authority, Protocol.HTTPS, close=True)
             return
-        package_id = admitted.package.id
-        ctx.recorder.request(package_id)
-        extra = node_headers(head, route.node, route.conn.sockname[0])
-        self.conn.write(f"HTTP/1.1 200 Connection established\r\n{extra}\r\n".encode("latin-1"))
         try:
-            await splice(self.conn, route.conn)
+            try:
+                route = await ctx.connector.connect(admitted)
+            except GatewayError as err:
+                self._fail(err, target.authority, Protocol.HTTPS, close=True)
+                return
+            extra = node_headers(head, route.node, route.conn.sockname[0])
+            answer = f"HTTP/1.1 200 Connection established\r\n{extra}\r\n".encode("latin-1")
+            await relay_tunnel(ctx, admitted, self.conn, route, answer)
         finally:
-            route.conn.close()
-            if ctx.proxy.metering:
-                ctx.recorder.traffic(package_id, self.conn.relayed, route.conn.relayed)
+            admitted.lease.release()
 
     # -- absolute-form forwarding -----------------------------------------------------------
     async def forward(self, head: RequestHead) -> bool:
@@ -198,39 +208,53 @@ class HttpSession:
             return False
         try:
             identity = ctx.admission.authenticate(credentials(head), self.client)
-            admitted = ctx.admission.authorize(identity, Protocol.HTTP, target)
+            admitted = await ctx.admission.authorize(identity, Protocol.HTTP, target)
         except GatewayError as err:
             self._fail(err, target.authority, Protocol.HTTP, close=has_body)
             return not has_body
-        package_id = admitted.package.id
-        out_head = forward_request_head(head, target, path)
-        up = down = 0
+        try:
+            return await self._forward_admitted(head, admitted, path, body_kind, body_length)
+        finally:
+            admitted.lease.release()  # a forwarded request holds its slot while in flight
+
+    async def _forward_admitted(
+        self, head: RequestHead, admitted: Admitted, path: str, body_kind: BodyKind, length: int
+    ) -> bool:
+        ctx = self.ctx
+        target = admitted.target
+        has_body = body_kind is not BodyKind.NONE
         try:
             upstream, node = await self._upstream_for(admitted)
         except GatewayError as err:
             self._fail(err, target.authority, Protocol.HTTP, close=has_body)
             return not has_body
-        ctx.recorder.request(package_id)
+
+        def stop(err: GatewayError) -> None:
+            err.package_id = admitted.package.id
+            ctx.rejected(err, protocol=Protocol.HTTP, client=self.client, target=target.authority)
+            self.conn.abort()
+            upstream.abort()
+
+        meter = ctx.meter(admitted, node, stop)
+        self.tick_up, self.tick_down = ctx.ticks(meter)
+        body = _BodyProgress()
         try:
+            out_head = forward_request_head(head, target, path)
             upstream.write(out_head)
-            up += len(out_head)
-            body = _BodyProgress()
+            self.tick_up(len(out_head))
             pump = (
-                spawn(self._pump_body(upstream, body_kind, body_length, body), "http-request-body")
+                spawn(self._pump_body(upstream, body_kind, length, body), "http-request-body")
                 if has_body
                 else None
             )
             try:
-                answer = await self._relay_response(upstream, head, node, target)
+                reusable = await self._relay_response(upstream, head, node, target)
             finally:
                 if pump is not None:
                     if not pump.done():
                         pump.cancel()  # an early answer: the rest of the body is not wanted
                     with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                         await pump
-                    up += body.sent
-            reusable, sent = answer
-            down += sent
         except GatewayError as err:
             self._drop_kept()
             self._fail(err, target.authority, Protocol.HTTP, close=True)
@@ -239,8 +263,8 @@ class HttpSession:
             self._drop_kept()
             return False
         finally:
-            if ctx.proxy.metering:
-                ctx.recorder.traffic(package_id, up, down)
+            if meter is not None:
+                meter.close()
         if not reusable or (has_body and not body.complete):
             # unread body bytes would be taken for the next request: close instead
             self._drop_kept()
@@ -269,7 +293,10 @@ class HttpSession:
         conn = self.conn
         while not framer.done:
             if not conn.buffer:
-                await conn.read_more()
+                try:
+                    await conn.read_more()
+                except ConnectionClosed:
+                    return  # the client is gone: `on_lost` aborts the target side
                 continue
             n = framer.feed(conn.buffer)
             if n == len(conn.buffer):
@@ -279,14 +306,13 @@ class HttpSession:
                 chunk = bytes(conn.buffer[:n])
                 conn.consume(n)
             upstream.write(chunk)
-            progress.sent += n
+            self.tick_up(n)
             await upstream.drain()
         progress.complete = True
 
     async def _relay_response(
         self, upstream: Conn, request: RequestHead, node: Node, target: Target
-    ) -> tuple[bool, int]:
-        sent = 0
+    ) -> bool:
         try:
             async with asyncio.timeout(self.ctx.exit.response_timeout):
                 while True:
@@ -301,7 +327,7 @@ class HttpSession:
                             response, close=False, client_version=request.version
                         )
                         self.conn.write(interim)
-                        sent += len(interim)
+                        self.tick_down(len(interim))
                         continue
                     break
         except TimeoutError:
@@ -330,13 +356,12 @@ class HttpSession:
             response, close=not reusable, client_version=request.version
         )
         self.conn.write(out_head)
-        sent += len(out_head)
-        sent += await self._pump_response_body(upstream, kind, length)
-        return reusable, sent
+        self.tick_down(len(out_head))
+        await self._pump_response_body(upstream, kind, length)
+        return reusable
 
-    async def _pump_response_body(self, upstream: Conn, kind: BodyKind, length: int) -> int:
+    async def _pump_response_body(self, upstream: Conn, kind: BodyKind, length: int) -> None:
         framer = BodyFramer(kind, length)
-        sent = 0
         client = self.conn
         while not framer.done:
             if not upstream.buffer:
@@ -344,7 +369,7 @@ class HttpSession:
                     await upstream.read_more()
                 except ConnectionClosed:
                     if kind is BodyKind.UNTIL_CLOSE:
-                        return sent
+                        return
                     raise
                 continue
             n = framer.feed(upstream.buffer)
@@ -355,6 +380,5 @@ class HttpSession:
                 chunk = bytes(upstream.buffer[:n])
                 upstream.consume(n)
             client.write(chunk)
-            sent += n
+            self.tick_down(n)
             await client.drain()
-        return sent

@@ -12,8 +12,9 @@ from __future__ import annotations
 from exitgate.admission import Identity
 from exitgate.errors import Code, GatewayError, SocksReply
 from exitgate.model import Protocol, Target
-from exitgate.net.conn import Conn, splice
+from exitgate.net.conn import Conn
 from exitgate.net.context import ProxyContext
+from exitgate.net.relay import relay_tunnel
 from exitgate.wire.socks5 import (
     NEED_DATA,
     Credentials,
@@ -113,21 +114,21 @@ class SocksSession:
             return
         identity, target = negotiated
         try:
-            admitted = ctx.admission.authorize(identity, Protocol.SOCKS5, target)
-            route = await ctx.connector.connect(admitted)
+            admitted = await ctx.admission.authorize(identity, Protocol.SOCKS5, target)
         except GatewayError as err:
             self._refuse(err, target)
             return
-        package_id = admitted.package.id
-        ctx.recorder.request(package_id)
-        host, port = route.conn.sockname
-        self.conn.write(self.core.reply(SocksReply.SUCCEEDED, (host or "0.0.0.0", port)))
-        early = self.core.trailing_data()
-        if early:
-            self.conn.buffer[:0] = early
         try:
-            await splice(self.conn, route.conn)
+            try:
+                route = await ctx.connector.connect(admitted)
+            except GatewayError as err:
+                self._refuse(err, target)
+                return
+            host, port = route.conn.sockname
+            answer = self.core.reply(SocksReply.SUCCEEDED, (host or "0.0.0.0", port))
+            early = self.core.trailing_data()
+            if early:
+                self.conn.buffer[:0] = early
+            await relay_tunnel(ctx, admitted, self.conn, route, answer)
         finally:
-            route.conn.close()
-            if ctx.proxy.metering:
-                ctx.recorder.traffic(package_id, self.conn.relayed, route.conn.relayed)
+            admitted.lease.release()

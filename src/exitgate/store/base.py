@@ -1,4 +1,4 @@
-"""The account store: organizations, packages and nodes, behind one narrow protocol.
+"""The account store: organizations, packages, nodes and usage, behind one narrow protocol.
 
 Every method is synchronous and is one transaction; the async edges call them through
 `asyncio.to_thread`. The proxy never calls the store per request: it reads the in-memory
@@ -9,6 +9,13 @@ a `*Update` value whose fields default to `UNSET`, so "leave alone" differs from
 (`credits=None` means unlimited, `rps=None` means no limit) and only the named columns are
 written: a concurrent credit debit is never overwritten by a rename.
 
+Usage is hourly buckets per package (`usage_hours`, `usage_errors`) and running totals per
+package (`usage_totals`). `record_usage` writes one flush of the usage service in one
+transaction: per (package, hour) one atomic increment (`INSERT ... ON CONFLICT DO UPDATE SET
+n = n + excluded.n`), the totals the same way, and the credit debits (`credits = credits - x`),
+so several gateway instances sharing one database never lose each other's counts, and a crash
+leaves either the whole flush or none of it. Hours are UTC epoch seconds at the hour's start.
+
 The store is chosen by URL with `open_store` (`sqlite:///path`, `sqlite://` in memory,
 `postgresql://...`).
 """
@@ -16,6 +23,7 @@ The store is chosen by URL with `open_store` (`sqlite:///path`, `sqlite://` in m
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -124,8 +132,74 @@ class GeoNames:
     isps: frozenset[str] = frozenset()
 
 
+HOUR = 3600
+
+
+def hour_of(t: float) -> int:
+    """The start of the UTC hour holding epoch time `t`, in epoch seconds."""
+    return int(t // HOUR) * HOUR
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    """What one flush adds to one package's bucket for one hour."""
+
+    package_id: str
+    hour: int  # epoch seconds, start of the UTC hour
+    bytes_up: int = 0  # client → target
+    bytes_down: int = 0  # target → client
+    requests: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)  # code → count
+
+    @property
+    def empty(self) -> bool:
+        return not (self.bytes_up or self.bytes_down or self.requests or any(self.errors.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    bytes_up: int = 0
+    bytes_down: int = 0
+    requests: int = 0
+
+    @property
+    def traffic(self) -> int:
+        """Metered bytes, both directions: what a traffic cap counts."""
+        return self.bytes_up + self.bytes_down
+
+    def __add__(self, other: UsageTotals) -> UsageTotals:
+        return UsageTotals(
+            self.bytes_up + other.bytes_up,
+            self.bytes_down + other.bytes_down,
+            self.requests + other.requests,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "requests": self.requests}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    """One package's usage in one hour."""
+
+    hour: int  # epoch seconds, start of the UTC hour
+    bytes_up: int = 0
+    bytes_down: int = 0
+    requests: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecorded:
+    """What `record_usage` left in the store: the touched packages' totals (with every other
+    instance's flushes included) and the debited organizations as they are now."""
+
+    totals: Mapping[str, UsageTotals]
+    orgs: Sequence[Org]
+
+
 class AccountStore(Protocol):
-    """Accounts and nodes. Reads of a missing id raise `NotFound`; so do updates."""
+    """Accounts, nodes and usage. Reads of a missing id raise `NotFound`; so do updates."""
 
     # organizations
     def create_org(self, name: str, credits: float | None) -> Org: ...
@@ -154,6 +228,30 @@ class AccountStore(Protocol):
     def delete_node(self, node_id: str) -> None: ...
     def list_nodes(self) -> list[Node]: ...
     def geo_names(self) -> GeoNames: ...
+
+    # usage
+    def record_usage(
+        self, deltas: Sequence[UsageDelta], debits: Mapping[str, float]
+    ) -> UsageRecorded:
+        """One transaction: add each delta to its (package, hour) bucket and to the package's
+        totals, and subtract `debits[org_id]` credits from each limited pool (unlimited pools
+        stay unlimited; unknown orgs are skipped). At most one delta per (package, hour)."""
+        ...
+
+    def usage_totals(self, package_ids: Sequence[str] | None = None) -> dict[str, UsageTotals]:
+        """Totals by package id (all packages with usage when None); absent: no usage yet."""
+        ...
+
+    def usage_buckets(
+        self,
+        package_id: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[UsageBucket]:
+        """Buckets whose hour starts at or after `since` and before `until` (epoch seconds),
+        newest first, at most `limit`."""
+        ...
 
     def close(self) -> None: ...
 

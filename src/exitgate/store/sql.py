@@ -9,6 +9,12 @@ connection to `:memory:` would be a new, empty database. PostgreSQL goes through
 
 Sets and lists (allowlist, protocols, networks, rules) are JSON columns: they are read and
 written whole, never queried inside.
+
+Usage: `usage_hours` (package, hour) → bytes and requests, `usage_errors` (package, hour,
+code) → count, `usage_totals` package → bytes and requests. No foreign keys: usage is history
+and outlives whatever it counted. `record_usage` sends one multi-row UPSERT per table (rows
+unique by key within a flush, so PostgreSQL never sees one row twice in a statement) and
+reads the new totals back with RETURNING (SQLite >= 3.35).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import contextlib
 import ipaddress
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,10 +53,15 @@ from exitgate.store.base import (
     NotFound,
     OrgUpdate,
     PackageUpdate,
+    UsageBucket,
+    UsageDelta,
+    UsageRecorded,
+    UsageTotals,
 )
 from exitgate.store.keys import new_id
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+ROWS_PER_STATEMENT = 500  # SQLite caps bound parameters per statement
 
 metadata = sa.MetaData()
 
@@ -106,6 +117,36 @@ geo_table = sa.Table(
     sa.Column("kind", sa.String(8), primary_key=True),  # region | city | isp
     sa.Column("name", sa.String(200), primary_key=True),
 )
+
+usage_hours = sa.Table(
+    "usage_hours",
+    metadata,
+    sa.Column("package_id", sa.String(40), primary_key=True),
+    sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("bytes_up", sa.BigInteger, nullable=False),
+    sa.Column("bytes_down", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+)
+
+usage_errors = sa.Table(
+    "usage_errors",
+    metadata,
+    sa.Column("package_id", sa.String(40), primary_key=True),
+    sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("code", sa.String(40), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+usage_totals = sa.Table(
+    "usage_totals",
+    metadata,
+    sa.Column("package_id", sa.String(40), primary_key=True),
+    sa.Column("bytes_up", sa.BigInteger, nullable=False),
+    sa.Column("bytes_down", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+)
+
+_COUNTS = ("bytes_up", "bytes_down", "requests")
 
 
 def engine_for(url: str) -> Engine:
@@ -327,6 +368,126 @@ class SqlStore:
             isps=frozenset(found["isp"]),
         )
 
+    # usage
+
+    def record_usage(
+        self, deltas: Sequence[UsageDelta], debits: Mapping[str, float]
+    ) -> UsageRecorded:
+        hours: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        totals: dict[str, dict[str, Any]] = {}
+        for d in deltas:
+            if d.empty:
+                continue
+            counts = {"bytes_up": d.bytes_up, "bytes_down": d.bytes_down, "requests": d.requests}
+            hours.append({"package_id": d.package_id, "hour": d.hour, **counts})
+            errors.extend(
+                {"package_id": d.package_id, "hour": d.hour, "code": code, "count": n}
+                for code, n in sorted(d.errors.items())
+                if n
+            )
+            row = totals.setdefault(
+                d.package_id,
+                {"package_id": d.package_id, "bytes_up": 0, "bytes_down": 0, "requests": 0},
+            )
+            for name, n in counts.items():
+                row[name] += n
+        charged = {org_id: amount for org_id, amount in debits.items() if amount}
+        found: dict[str, UsageTotals] = {}
+        with self._tx() as conn:
+            self._add_rows(conn, usage_hours, ("package_id", "hour"), _COUNTS, hours)
+            self._add_rows(conn, usage_errors, ("package_id", "hour", "code"), ("count",), errors)
+            for chunk in _chunks(list(totals.values())):
+                stmt = self._upsert(usage_totals, ("package_id",), _COUNTS, chunk).returning(
+                    usage_totals.c.package_id, *(usage_totals.c[c] for c in _COUNTS)
+                )
+                for r in conn.execute(stmt).mappings():
+                    found[r["package_id"]] = _totals_from(r)
+            orgs_found: list[Org] = []
+            for org_id in sorted(charged):  # a fixed order: concurrent flushes never deadlock
+                conn.execute(
+                    orgs.update()
+                    .where(orgs.c.id == org_id)
+                    .values(credits=orgs.c.credits - charged[org_id])
+                )
+                org_row = conn.execute(orgs.select().where(orgs.c.id == org_id)).mappings()
+                first = org_row.first()
+                if first is not None:
+                    orgs_found.append(_org_from(first))
+        return UsageRecorded(totals=found, orgs=orgs_found)
+
+    def usage_totals(self, package_ids: Sequence[str] | None = None) -> dict[str, UsageTotals]:
+        query = usage_totals.select()
+        if package_ids is not None:
+            if not package_ids:
+                return {}
+            query = query.where(usage_totals.c.package_id.in_(list(package_ids)))
+        with self._tx() as conn:
+            return {r["package_id"]: _totals_from(r) for r in conn.execute(query).mappings()}
+
+    def usage_buckets(
+        self,
+        package_id: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[UsageBucket]:
+        where = [usage_hours.c.package_id == package_id]
+        if since is not None:
+            where.append(usage_hours.c.hour >= since)
+        if until is not None:
+            where.append(usage_hours.c.hour < until)
+        query = usage_hours.select().where(*where).order_by(usage_hours.c.hour.desc()).limit(limit)
+        with self._tx() as conn:
+            rows = list(conn.execute(query).mappings())
+            if not rows:
+                return []
+            # Error counts of exactly the hours returned: bounded by the newest and oldest.
+            err_query = usage_errors.select().where(
+                usage_errors.c.package_id == package_id,
+                usage_errors.c.hour >= rows[-1]["hour"],
+                usage_errors.c.hour <= rows[0]["hour"],
+            )
+            codes: dict[int, dict[str, int]] = {}
+            for e in conn.execute(err_query).mappings():
+                codes.setdefault(int(e["hour"]), {})[e["code"]] = int(e["count"])
+        return [
+            UsageBucket(
+                hour=int(r["hour"]),
+                bytes_up=int(r["bytes_up"]),
+                bytes_down=int(r["bytes_down"]),
+                requests=int(r["requests"]),
+                errors=dict(sorted(codes.get(int(r["hour"]), {}).items())),
+            )
+            for r in rows
+        ]
+
+    def _upsert(
+        self,
+        table: sa.Table,
+        keys: Sequence[str],
+        counts: Sequence[str],
+        rows: list[dict[str, Any]],
+    ) -> Any:
+        """INSERT rows; on a key conflict add each count to the stored one (atomic)."""
+        insert = sqlite.insert if self._is_sqlite else postgresql.insert
+        stmt = insert(table).values(rows)
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c[k] for k in keys],
+            set_={c: table.c[c] + stmt.excluded[c] for c in counts},
+        )
+
+    def _add_rows(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        keys: Sequence[str],
+        counts: Sequence[str],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        for chunk in _chunks(rows):
+            conn.execute(self._upsert(table, keys, counts, chunk))
+
     # helpers
 
     def _update(
@@ -366,6 +527,19 @@ class SqlStore:
         if row is None:
             raise NotFound("node", node_id)
         return _node_from(row)
+
+
+def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start : start + ROWS_PER_STATEMENT]
+
+
+def _totals_from(row: RowMapping) -> UsageTotals:
+    return UsageTotals(
+        bytes_up=int(row["bytes_up"]),
+        bytes_down=int(row["bytes_down"]),
+        requests=int(row["requests"]),
+    )
 
 
 def _nets_to(nets: tuple[IPNetwork, ...]) -> list[str]:

@@ -1,0 +1,250 @@
+"""Sticky-session state: a narrow protocol of atomic operations, and the in-process store.
+
+A session binds (package id, session id) to one node. The routing policy (when to rotate,
+what a mismatch is, what the client is told) lives in `routing/sessions.py`; this module only
+keeps records, and every method is ONE atomic step, so that any interleaving of concurrent
+requests leaves a consistent record. The operations are shaped for a shared store: each is a
+compare-and-set over a single key, one Lua script in Redis (sketch below), never "read, then
+write" across two calls.
+
+Records
+-------
+`SessionRecord` is immutable; a write stores a new one. Times are seconds from the caller's
+clock, passed in as `now` (the store never reads a clock, so tests are exact). With a store
+shared between gateway processes that clock must be shared too: use wall time (`time.time`),
+not `time.monotonic`, which is per process. Times are then epoch seconds, ready for the
+admin API.
+
+- `requests == 0` marks a *provisional* record: a first request claimed the id and is still
+  dialing. Racing first requests find it and follow its node, so they end on one node without
+  waiting for each other (SPEC 5). It becomes a session when a request reaches a node
+  (`record`), and is dropped (`release`) when the first request fails altogether.
+- A record is live while `now < last_used + idle_timeout`; from that instant on it is gone for
+  every operation, exactly as a Redis key with `PEXPIREAT last_used + idle_timeout` vanishes.
+  `expire(now)` only reclaims memory; no reader ever sees an expired record.
+- `assigned` is when `node_id` took over (rotate-timed counts from it), `node_requests` how
+  many requests reached it since (rotate-requests).
+
+Operations (each atomic; "live" = present and not expired; all but `release` are coroutines)
+----------
+    get(key, now)                          the live record or None
+    claim(key, rules, node, now)           create-if-absent: a provisional record for `node`;
+                                           returns the live record, ours or a winner's
+                                           (compare its rules: a loser may be a mismatch)
+    rebind(key, rules, expected, node, now)
+                                           compare-and-set the node: only if the live record
+                                           has `rules` and still points at `expected`; returns
+                                           the live record after the step (None: gone)
+    record(key, rules, node, now)          one request reached `node`: requests += 1,
+                                           last_used = now, node_requests += 1 if `node` is
+                                           the record's node; creates the session if absent;
+                                           None (and no write) if the live record has other
+                                           rules
+    release(key, node)                     drop the record if it is still provisional and
+                                           still points at `node` (a failed first request)
+    delete(key)                            end a session (admin)
+    list(package_id, now)                  live, non-provisional records of a package
+    expire(now)                            reclaim expired records (Redis: TTL does it)
+
+A Redis implementation: one hash per session under `eg:s:{package}:{session}` written with
+`PEXPIREAT` in the same script as the write, plus a sorted set `eg:sp:{package}` of session
+ids scored by expiry for `list` (pruned with `ZREMRANGEBYSCORE` inside `list`). Scripts:
+`claim` "HGETALL; if live return it; else HSET + PEXPIREAT + ZADD"; `rebind` "if rules and
+node match then HSET node, assigned, node_requests=0"; `record` "HINCRBY requests ...,
+PEXPIREAT, ZADD". Each is one script, so two gateways racing on a session id see one winner.
+Timestamps cross into Lua as strings with fixed decimals (doubles hold epoch microseconds).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    package_id: str
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    key: SessionKey
+    rules: str  # the canonical rules, locked when the id was claimed
+    node_id: str
+    created: float
+    assigned: float  # when node_id took over
+    last_used: float  # the last request that reached a node (claim time while provisional)
+    requests: int  # requests that reached a node; 0: provisional
+    node_requests: int  # of those, on node_id since `assigned`
+
+    @property
+    def provisional(self) -> bool:
+        return self.requests == 0
+
+    def expires(self, idle_timeout: float) -> float:
+        """The first instant at which the record is gone."""
+        return self.last_used + idle_timeout
+
+
+class SessionStore(Protocol):
+    """Session records; every method is one atomic step (see the module docstring).
+
+    Coroutines, so that a networked store never blocks the event loop; `release` alone is
+    synchronous and never blocks or raises, because it runs in `finally` under cancellation
+    (a networked store sends it in the background, like `Counters.release`).
+    """
+
+    @property
+    def idle_timeout(self) -> float: ...
+    async def get(self, key: SessionKey, now: float) -> SessionRecord | None: ...
+    async def claim(
+        self, key: SessionKey, rules: str, node_id: str, now: float
+    ) -> SessionRecord: ...
+    async def rebind(
+        self, key: SessionKey, rules: str, expected: str, node_id: str, now: float
+    ) -> SessionRecord | None: ...
+    async def record(
+        self, key: SessionKey, rules: str, node_id: str, now: float
+    ) -> SessionRecord | None: ...
+    def release(self, key: SessionKey, node_id: str) -> None: ...
+    async def delete(self, key: SessionKey) -> bool: ...
+    async def list(self, package_id: str, now: float) -> list[SessionRecord]: ...
+    async def expire(self, now: float) -> int: ...
+
+
+class MemorySessionStore:
+    """The embedded default: dicts behind one lock (the admin API may call from a thread).
+    Its coroutines never suspend, so each is atomic on the event loop as well.
+
+    Records sit in an OrderedDict in order of `last_used` (a write that moves `last_used`
+    moves the record to the end; the caller's clock never runs backwards), so `expire`
+    pops expired records off the front and stops at the first live one.
+    """
+
+    def __init__(self, idle_timeout: float) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        self._idle = idle_timeout
+        self._records: OrderedDict[SessionKey, SessionRecord] = OrderedDict()
+        self._by_package: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def idle_timeout(self) -> float:
+        return self._idle
+
+    def __len__(self) -> int:
+        """Stored records, expired ones not yet reclaimed included."""
+        return len(self._records)
+
+    async def get(self, key: SessionKey, now: float) -> SessionRecord | None:
+        with self._lock:
+            return self._live(key, now)
+
+    async def claim(self, key: SessionKey, rules: str, node_id: str, now: float) -> SessionRecord:
+        with self._lock:
+            current = self._live(key, now)
+            if current is not None:
+                return current
+            record = SessionRecord(key, rules, node_id, now, now, now, 0, 0)
+            self._put(record, touched=True)
+            return record
+
+    async def rebind(
+        self, key: SessionKey, rules: str, expected: str, node_id: str, now: float
+    ) -> SessionRecord | None:
+        with self._lock:
+            current = self._live(key, now)
+            if (
+                current is None
+                or current.rules != rules
+                or current.node_id != expected
+                or expected == node_id
+            ):
+                return current
+            record = replace(current, node_id=node_id, assigned=now, node_requests=0)
+            self._put(record, touched=False)
+            return record
+
+    async def record(
+        self, key: SessionKey, rules: str, node_id: str, now: float
+    ) -> SessionRecord | None:
+        with self._lock:
+            current = self._live(key, now)
+            if current is None:
+                record = SessionRecord(key, rules, node_id, now, now, now, 1, 1)
+            elif current.rules != rules:
+                return None
+            else:
+                same = current.node_id == node_id
+                record = replace(
+                    current,
+                    last_used=now,
+                    requests=current.requests + 1,
+                    node_requests=current.node_requests + same,
+                )
+            self._put(record, touched=True)
+            return record
+
+    def release(self, key: SessionKey, node_id: str) -> None:
+        with self._lock:
+            current = self._records.get(key)
+            if current is not None and current.provisional and current.node_id == node_id:
+                self._drop(key)
+
+    async def delete(self, key: SessionKey) -> bool:
+        with self._lock:
+            if key not in self._records:
+                return False
+            self._drop(key)
+            return True
+
+    async def list(self, package_id: str, now: float) -> list[SessionRecord]:
+        with self._lock:
+            records = (
+                self._live(SessionKey(package_id, sid), now)
+                for sid in list(self._by_package.get(package_id, ()))
+            )
+            found = [r for r in records if r is not None and not r.provisional]
+        found.sort(key=lambda r: (r.created, r.key.session_id))
+        return found
+
+    async def expire(self, now: float) -> int:
+        with self._lock:
+            dropped = 0
+            while self._records:
+                key, record = next(iter(self._records.items()))
+                if now < record.expires(self._idle):
+                    break
+                self._drop(key)
+                dropped += 1
+            return dropped
+
+    # -- under the lock -----------------------------------------------------------------------
+
+    def _live(self, key: SessionKey, now: float) -> SessionRecord | None:
+        record = self._records.get(key)
+        if record is None:
+            return None
+        if now >= record.expires(self._idle):
+            self._drop(key)  # what a Redis TTL would have done already
+            return None
+        return record
+
+    def _put(self, record: SessionRecord, *, touched: bool) -> None:
+        key = record.key
+        self._records[key] = record
+        if touched:
+            self._records.move_to_end(key)
+        self._by_package.setdefault(key.package_id, set()).add(key.session_id)
+
+    def _drop(self, key: SessionKey) -> None:
+        del self._records[key]
+        ids = self._by_package.get(key.package_id)
+        if ids is not None:
+            ids.discard(key.session_id)
+            if not ids:
+                del self._by_package[key.package_id]
