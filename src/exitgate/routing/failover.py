@@ -1,0 +1,467 @@
+"""Failure policies (SPEC 5) and the per-request routing loop that applies them. Pure.
+
+Theory of operation
+-------------------
+Two layers, both synchronous; the edge only awaits the dials.
+
+`Attempts` is the policy alone, a state machine over node ids. It starts with `TrySame(node)`
+(the session's node) or `TryNew` (select one), and after every `failed(node_id, detail)` or
+`no_candidate()` its `next()` says what to do:
+
+    policy                  after a node failure                       gives up with
+    onerror-replace (dflt)  TryNew, at most `max_replacements` times   NODE_UNAVAILABLE
+    onerror-fail            give up                                    NODE_UNAVAILABLE
+    onerror-retry_N         TrySame N times, then TryNew once          RETRIES_EXHAUSTED
+    bind-node (bound)       TrySame N times (retry_N, else 0)          BOUND_NODE_FAILED
+
+`TryNew` finding nothing (`no_candidate`) gives up at once: if no node was tried,
+NODE_NOT_FOUND ("No nodes matching country=us"), or NODE_UNAVAILABLE when matching nodes
+exist but all of them are cooling down; else the policy's code. Only node failures are
+reported here; a target failure ends the request with its own error and no policy runs. The
+details carry the last node failure, e.g. "Node failed after 2 retries and its replacement
+failed too: Upstream proxy unreachable: connection refused".
+
+Decisions: `bind-node` binds once the session exists; the first request of a new bind-node
+session has nothing to bind yet and follows its onerror mode, so a dead first pick does not
+poison a fresh session id. With `bind-node` and `onerror-fail` the bound session answers
+BOUND_NODE_FAILED (the more specific code). Replacements resemble the first node of the
+request (the session's node) when `prefer-lookalike` is set.
+
+`Router.begin(...)` composes `Attempts` with the node index, node health, the session table
+and lookalike ranking into an `Attempt`, whose `next()` yields a concrete `Dial(node)` or a
+`Fail`. It resolves `TrySame` on a node that is gone, offline, no longer matching, or cooling
+down into an immediate failure (no dial; a DRAINING node keeps its sessions: draining stops
+new assignments only); resolves `TryNew` through selection (health-blocked nodes excluded,
+load-weighted, lookalike tiers first) and points the session at the result, following a
+racing request's node when that one moved the session first; takes a health `Lease` the
+moment it picks a node and records the verdicts. The edge reports each `Dial` with exactly
+one of `failed(detail)` (NodeFailure), `succeeded()` (returns the lease to hold for the life
+of the tunnel, and the `SessionOutcome`), or `target_failed()` (the node worked, the target
+did not: the session counts the request, the node gets no verdict), and calls `close()` in
+a `finally`: it gives back a lease still held (a cancelled dial) and drops a provisional
+session this request claimed but never used. `begin`, `next`, `succeeded` and
+`target_failed` are coroutines because the session store's operations are; `failed` and
+`close` are synchronous, so `except` and `finally` blocks never await.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from exitgate.errors import Code, GatewayError
+from exitgate.model import Node, NodeState
+from exitgate.routing.health import Lease, NodeHealth
+from exitgate.routing.index import NodeIndex
+from exitgate.routing.lookalike import lookalike_filters
+from exitgate.routing.select import Filters, matches
+from exitgate.routing.sessions import Plan, SessionOutcome, SessionTable
+from exitgate.rules import OnErrorMode, Rules
+
+MAX_REPLACEMENTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TrySame:
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TryNew:
+    exclude: frozenset[str]  # nodes this request already saw fail
+    like: str | None  # prefer-lookalike: the node to resemble
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    code: Code
+    detail: str
+
+    def error(self) -> GatewayError:
+        return GatewayError(self.code, self.detail)
+
+
+Action = TrySame | TryNew | Fail
+
+
+class Policy(enum.Enum):
+    REPLACE = "replace"
+    FAIL = "fail"
+    RETRY = "retry"
+    BIND = "bind"
+
+
+class Attempts:
+    """The failure policy of one request, over node ids (see the module docstring)."""
+
+    def __init__(
+        self,
+        rules: Rules,
+        start: str | None,
+        *,
+        bound: bool = False,
+        filters: Filters | None = None,
+        max_replacements: int = MAX_REPLACEMENTS,
+    ) -> None:
+        mode = rules.onerror.mode
+        if bound and rules.bind_node and start is not None:
+            self.policy = Policy.BIND
+        else:
+            self.policy = Policy(mode.value)
+        self.retries = rules.onerror.retries if mode is OnErrorMode.RETRY else 0
+        self._lookalike = rules.prefer_lookalike
+        self._filters = (filters or Filters()).describe()
+        self._max_replacements = max_replacements
+        self._node = start  # the node the last action was about
+        self._first = start  # what replacements resemble
+        self._tried: list[str] = []
+        self._here = 0  # consecutive failures on _node
+        self._replacements = 0  # TryNew actions issued after a failure
+        self._last = ""  # the last failure detail
+        self._action: Action = TrySame(start) if start is not None else TryNew(frozenset(), None)
+
+    def next(self) -> Action:
+        return self._action
+
+    @property
+    def replaced(self) -> bool:
+        """The current node is a replacement for one that failed in this request."""
+        return self._replacements > 0
+
+    @property
+    def tried(self) -> frozenset[str]:
+        return frozenset(self._tried)
+
+    def failed(self, node_id: str, detail: str) -> None:
+        """The node of the last action failed; `node_id` is the node actually dialed."""
+        action = self._action
+        if isinstance(action, Fail):
+            raise RuntimeError("no attempt in progress")
+        if isinstance(action, TryNew) or node_id != self._node:
+            self._node, self._here = node_id, 0
+            if self._first is None:
+                self._first = node_id
+        self._here += 1
+        if node_id not in self._tried:
+            self._tried.append(node_id)
+        self._last = detail
+        self._action = self._after_failure(node_id, detail)
+
+    def no_candidate(self, *, cooling: bool = False) -> None:
+        """The last TryNew found no node to try; `cooling`: matching nodes exist, but every
+        one of them is cooling down after failures (NODE_UNAVAILABLE, not NODE_NOT_FOUND)."""
+        if not isinstance(self._action, TryNew):
+            raise RuntimeError("no_candidate answers a TryNew only")
+        if not self._tried and cooling:
+            self._action = Fail(
+                Code.NODE_UNAVAILABLE,
+                f"Every node matching {self._filters} is cooling down after failures",
+            )
+        elif not self._tried:
+            self._action = Fail(Code.NODE_NOT_FOUND, f"No nodes matching {self._filters}")
+        elif self.policy is Policy.RETRY:
+            self._action = Fail(
+                Code.RETRIES_EXHAUSTED,
+                f"Node failed after {_times(self.retries)} and no replacement node is "
+                f"available: {self._last}",
+            )
+        else:
+            self._action = Fail(
+                Code.NODE_UNAVAILABLE, f"{self._last}; no other matching node available"
+            )
+
+    def _after_failure(self, node_id: str, detail: str) -> Action:
+        match self.policy:
+            case Policy.BIND:
+                if self._here <= self.retries:
+                    return TrySame(node_id)
+                if self.retries == 0:
+                    return Fail(Code.BOUND_NODE_FAILED, f"Bound node failed: {detail}")
+                return Fail(
+                    Code.BOUND_NODE_FAILED,
+                    f"Bound node failed after {_times(self.retries)}: {detail}",
+                )
+            case Policy.FAIL:
+                return Fail(Code.NODE_UNAVAILABLE, detail)
+            case Policy.RETRY:
+                if self._replacements == 0 and self._here <= self.retries:
+                    return TrySame(node_id)
+                if self._replacements == 0:
+                    return self._replace()
+                return Fail(
+                    Code.RETRIES_EXHAUSTED,
+                    f"Node failed after {_times(self.retries)} and its replacement failed "
+                    f"too: {detail}",
+                )
+            case Policy.REPLACE:
+                if self._replacements < self._max_replacements:
+                    return self._replace()
+                return Fail(Code.NODE_UNAVAILABLE, detail)
+
+    def _replace(self) -> TryNew:
+        self._replacements += 1
+        return TryNew(frozenset(self._tried), self._first if self._lookalike else None)
+
+
+def _times(retries: int) -> str:
+    return "1 retry" if retries == 1 else f"{retries} retries"
+
+
+# -- the composed loop ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    node: Node
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    node: Node
+    lease: Lease  # hold while the tunnel or request lasts: `health.release(lease)` after
+    session: SessionOutcome | None  # None: the request has no session
+
+
+class Router:
+    """Index + health + sessions: hands out one `Attempt` per request."""
+
+    def __init__(
+        self,
+        index: NodeIndex,
+        health: NodeHealth,
+        sessions: SessionTable,
+        *,
+        max_replacements: int = MAX_REPLACEMENTS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.index = index
+        self.health = health
+        self.sessions = sessions
+        self.max_replacements = max_replacements
+        self.rng = rng
+
+    async def begin(self, package_id: str, rules: Rules, filters: Filters) -> Attempt:
+        """Plan the request: gate 6 (raises GatewayError SESSION_PARAMS_MISMATCH, writing
+        nothing), then a due rotation, which moves the session."""
+        plan = await self.sessions.plan(package_id, rules)
+        attempt = Attempt(self, rules, filters, plan)
+        if plan is not None and plan.node_id is not None and plan.rotate:
+            await attempt.rotate(rules, plan, plan.node_id)
+        return attempt
+
+    def select(self, filters: Filters, exclude: Collection[str], like: str | None) -> Node | None:
+        """A node for `filters` outside `exclude` and the cooling nodes; lookalike tiers first."""
+        blocked = self.health.blocked()
+        skip: Collection[str]
+        if not exclude:
+            skip = blocked
+        elif not blocked:
+            skip = exclude
+        else:
+            skip = frozenset(exclude) | blocked
+        tiers = [filters]
+        reference = self.index.get(like) if like is not None else None
+        if reference is not None:
+            tiers = lookalike_filters(filters, reference.attrs)
+        for tier in tiers:
+            node = self.index.select(tier, exclude=skip, load=self.health.load, rng=self.rng)
+            if node is not None:
+                return node
+        return None
+
+
+class Attempt:
+    """One request's way to a working node; see the module docstring for the protocol.
+
+    A lease is taken the moment a node is chosen (`_hold`), before any await: a half-open
+    node then becomes this request's probe and no racing request picks it meanwhile.
+    """
+
+    def __init__(self, router: Router, rules: Rules, filters: Filters, plan: Plan | None) -> None:
+        self._router = router
+        self._filters = filters
+        self._plan = plan
+        # the node the session points at, as far as this request knows
+        self._at: str | None = plan.node_id if plan is not None else None
+        self._owned: str | None = None  # a node we pointed a (maybe provisional) record at
+        self._rotated = False
+        self._held: tuple[Node, Lease] | None = None  # chosen, not yet handed out
+        self._dialing: tuple[Node, Lease] | None = None  # handed out in a Dial
+        self._done = False
+        self.attempts = self._policy(rules, self._at)
+
+    async def rotate(self, rules: Rules, plan: Plan, current: str) -> None:
+        """Begin on another node than `current` if one is available (called by `begin`)."""
+        like = current if rules.prefer_lookalike else None
+        candidate = self._router.select(self._filters, (current,), like)
+        if candidate is None:
+            return  # the only node: keep it, the rotation stays due
+        self._hold(candidate)
+        node_id = self._at = await self._router.sessions.move(plan, current, candidate.id)
+        if node_id == candidate.id:
+            self._owned = node_id
+        self._rotated = node_id != current
+        self.attempts = self._policy(rules, node_id)
+
+    async def next(self) -> Dial | Fail:
+        """The next node to dial, or the error to answer with."""
+        if self._dialing is not None:
+            raise RuntimeError("report the last Dial before asking for the next")
+        attempts = self.attempts
+        while True:
+            action = attempts.next()
+            match action:
+                case Fail():
+                    self._drop_held()
+                    return action
+                case TrySame(node_id=node_id):
+                    node = self._router.index.get(node_id)
+                    problem = self._unusable(node_id, node)
+                    if problem is not None or node is None:
+                        attempts.failed(node_id, problem or "Node left the pool")
+                        continue
+                    return self._dial(node)
+                case TryNew(exclude=exclude, like=like):
+                    candidate = self._router.select(self._filters, exclude, like)
+                    if candidate is None:
+                        attempts.no_candidate(cooling=self._cooling(exclude))
+                        continue
+                    self._hold(candidate)
+                    try:
+                        node = await self._point(candidate, exclude)
+                    except GatewayError as exc:  # a racing first request locked other rules
+                        self._drop_held()
+                        return Fail(exc.code, exc.detail)
+                    problem = self._unusable(node.id, node)
+                    if problem is not None:
+                        attempts.failed(node.id, problem)
+                        continue
+                    return self._dial(node)
+
+    def failed(self, detail: str) -> None:
+        """The dialed node failed (NodeFailure)."""
+        node, lease = self._take()
+        health = self._router.health
+        health.record_failure(node.id)
+        health.release(lease)
+        self.attempts.failed(node.id, detail)
+
+    async def succeeded(self) -> Success:
+        """The dial worked: the node is healthy and the session counts the request."""
+        node, lease = self._take()
+        self._router.health.record_success(node.id)
+        self._done = True
+        plan = self._plan
+        if plan is None:
+            return Success(node, lease, None)
+        if plan.new:
+            outcome = SessionOutcome.NEW
+        elif self.attempts.replaced:
+            outcome = SessionOutcome.REPLACED
+        elif self._rotated:
+            outcome = SessionOutcome.ROTATED
+        else:
+            outcome = SessionOutcome.KEPT
+        try:
+            await self._router.sessions.commit(plan, node.id)
+        except BaseException:
+            self._router.health.release(lease)  # cancelled: the caller never got the lease
+            raise
+        return Success(node, lease, outcome)
+
+    async def target_failed(self) -> None:
+        """The node worked, the target did not: no node verdict; the session counts it."""
+        node, lease = self._take()
+        self._router.health.release(lease)
+        self._done = True
+        if self._plan is not None:
+            await self._router.sessions.commit(self._plan, node.id)
+
+    def close(self) -> None:
+        """In `finally`: give back leases not handed over, drop a claim never used."""
+        health = self._router.health
+        if self._dialing is not None:
+            health.release(self._dialing[1])
+            self._dialing = None
+        self._drop_held()
+        if not self._done and self._plan is not None and self._owned is not None:
+            self._router.sessions.abandon(self._plan, self._owned)
+        self._done = True
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _policy(self, rules: Rules, start: str | None) -> Attempts:
+        return Attempts(
+            rules,
+            start,
+            bound=self._plan is not None and not self._plan.new,
+            filters=self._filters,
+            max_replacements=self._router.max_replacements,
+        )
+
+    async def _point(self, candidate: Node, tried: frozenset[str]) -> Node:
+        """Point the session at `candidate`; the node to dial (a racing request's, maybe)."""
+        plan = self._plan
+        if plan is None:
+            return candidate
+        sessions = self._router.sessions
+        if self._at is None:
+            self._owned = candidate.id  # before the await: a cancelled claim is cleaned up too
+            node_id = await sessions.claim(plan, candidate.id)
+        else:
+            node_id = await sessions.move(plan, self._at, candidate.id)
+        self._at = node_id
+        if node_id == candidate.id:
+            self._owned = node_id
+            return candidate
+        followed = self._router.index.get(node_id)
+        if followed is None or node_id in tried:
+            return candidate  # the winner's node is gone or failed us: serve this one alone
+        return followed
+
+    def _cooling(self, exclude: frozenset[str]) -> bool:
+        """Would selection find a node if the cooling ones were not skipped?"""
+        if not self._router.health.blocked():
+            return False
+        index = self._router.index
+        return index.select(self._filters, exclude=exclude, rng=self._router.rng) is not None
+
+    def _unusable(self, node_id: str, node: Node | None) -> str | None:
+        """Why a node cannot take this request now, without dialing it."""
+        if node is None:
+            return "Node left the pool"
+        if node.state is NodeState.OFFLINE:
+            return "Node is offline"
+        if not matches(node.attrs, self._filters):
+            return "Node no longer matches the session's rules"
+        held = self._held is not None and self._held[0].id == node_id
+        # A node we hold a lease on may be blocked by that very lease (we are its probe).
+        if not held and not self._router.health.available(node_id):
+            return "Node is cooling down after repeated failures"
+        return None
+
+    def _hold(self, node: Node) -> None:
+        self._drop_held()
+        self._held = (node, self._router.health.acquire(node.id))
+
+    def _drop_held(self) -> None:
+        if self._held is not None:
+            self._router.health.release(self._held[1])
+            self._held = None
+
+    def _dial(self, node: Node) -> Dial:
+        held = self._held
+        if held is not None and held[0].id == node.id:
+            self._dialing, self._held = (node, held[1]), None
+        else:
+            self._drop_held()
+            self._dialing = (node, self._router.health.acquire(node.id))
+        return Dial(node)
+
+    def _take(self) -> tuple[Node, Lease]:
+        if self._dialing is None:
+            raise RuntimeError("no dial in progress")
+        dialing, self._dialing = self._dialing, None
+        return dialing

@@ -1,0 +1,173 @@
+"""Sticky sessions (SPEC 5): which node a session's next request uses. Pure: time is injected.
+
+Theory of operation
+-------------------
+A session is (package id, session id) → one node, kept in a `SessionStore` (store/sessions.py)
+whose every operation is atomic. This table is the policy over those records; it never holds
+state of its own, so several gateways sharing one store agree. Its methods are coroutines
+because the store's are (a networked store must not block the loop); `abandon` is
+synchronous, for `finally` blocks.
+
+Per request with a `session` rule:
+
+1. `plan(package_id, rules)` reads the live record. Other canonical rules → GatewayError
+   SESSION_PARAMS_MISMATCH (409), nothing written. No record → a `Plan` with `node_id=None`
+   (the caller selects a node). Otherwise the plan names the session's node and whether a
+   rotation is due: `rotate-timed_N` when `now >= assigned + N`, `rotate-requests_N` when
+   `node_requests >= N` (N requests reached that node). A due rotation stays due until it
+   happens: when no other node is available the session keeps its node and the next request
+   tries again.
+2. The caller points the session at the node it will dial. For a new id, `claim(plan, node)`
+   writes a provisional record (create-if-absent) and returns the node to dial, which is the
+   node of whichever request claimed first: racing first requests end on one node with no
+   waiting and no lock, in one process or many. For a rotation or a replacement,
+   `move(plan, old, new)` compare-and-sets the node; a request that loses the race follows
+   the winner's node, so concurrent requests never scatter a session.
+3. `commit(plan, node)` when the request reached the node (the dial succeeded, or it failed
+   on the target, not the node): requests += 1, last_used = now. The first commit turns a
+   provisional record into the session, with its canonical rules locked.
+4. `abandon(plan, node)` when the request ends without reaching any node: a provisional record
+   it created is dropped, so a failed first request leaves no session behind.
+
+Idle expiry counts from `last_used`, the last request that reached a node: a session is live
+while `now < last_used + idle_timeout`. Open tunnels are never touched: the table decides the
+node of new requests only.
+
+Decisions: a racing first request with other rules gets 409 against the provisional claim
+(one of them must lose; if the first then fails, the id is free again). `rotate-requests_N`
+counts requests that reached the node, at commit; requests already under way when the Nth
+commits still use the old node, so concurrent traffic may overshoot N by the requests in
+flight.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exitgate.errors import Code, GatewayError
+from exitgate.rules import RotateKind, Rules
+from exitgate.store.sessions import SessionKey, SessionRecord, SessionStore
+
+Clock = Callable[[], float]
+
+
+class SessionOutcome(enum.StrEnum):
+    """What a request did to its session; the edge reports it (`X-Exitgate-Session`)."""
+
+    NEW = "new"  # no session existed: this request (or one racing it) created it
+    KEPT = "kept"  # the session's node served the request
+    ROTATED = "rotated"  # a due rotation moved the session to another node
+    REPLACED = "replaced"  # the node failed and the session moved to a replacement
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    key: SessionKey
+    rules: str  # canonical
+    node_id: str | None  # the session's node; None: no live record, select one
+    new: bool  # no session yet: absent, or provisional (a first request is dialing)
+    rotate: bool  # a rotation is due: prefer another node
+
+
+def rotation_due(record: SessionRecord, rules: Rules, now: float) -> bool:
+    """Is `rules.rotate` due for the session in `record`? Never for a provisional record."""
+    rotate = rules.rotate
+    if rotate is None or record.provisional:
+        return False
+    if rotate.kind is RotateKind.TIMED:
+        return now >= record.assigned + rotate.n
+    return record.node_requests >= rotate.n
+
+
+class SessionTable:
+    def __init__(self, store: SessionStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    # -- the request path ---------------------------------------------------------------------
+
+    async def check(self, package_id: str, rules: Rules) -> None:
+        """Admission gate 6: raise SESSION_PARAMS_MISMATCH if the id is locked to other rules."""
+        if rules.session is not None:
+            await self.plan(package_id, rules)
+
+    async def plan(self, package_id: str, rules: Rules) -> Plan | None:
+        """Where this request goes; None without a session rule. Writes nothing."""
+        if rules.session is None:
+            return None
+        key = SessionKey(package_id, rules.session)
+        canonical = rules.canonical()
+        now = self.clock()
+        record = await self.store.get(key, now)
+        if record is None:
+            return Plan(key, canonical, None, new=True, rotate=False)
+        _check_rules(record, canonical)
+        return Plan(
+            key,
+            canonical,
+            record.node_id,
+            new=record.provisional,
+            rotate=rotation_due(record, rules, now),
+        )
+
+    async def claim(self, plan: Plan, node_id: str) -> str:
+        """Point a new session at `node_id`; the node to dial (a racing winner's, maybe).
+
+        Raises SESSION_PARAMS_MISMATCH when a racing request claimed the id with other rules.
+        """
+        record = await self.store.claim(plan.key, plan.rules, node_id, self.clock())
+        _check_rules(record, plan.rules)
+        return record.node_id
+
+    async def move(self, plan: Plan, old: str, new: str) -> str:
+        """Rotate or replace: the session leaves `old` for `new`; the node to dial.
+
+        If another request moved the session first, its node wins and is returned. If the
+        session vanished (ended, expired) it is claimed afresh for `new`. If the id now
+        belongs to other rules, `new` is returned and nothing is written.
+        """
+        now = self.clock()
+        record = await self.store.rebind(plan.key, plan.rules, old, new, now)
+        if record is None:
+            record = await self.store.claim(plan.key, plan.rules, new, now)
+        return record.node_id if record.rules == plan.rules else new
+
+    async def commit(self, plan: Plan, node_id: str) -> SessionRecord | None:
+        """The request reached `node_id`: count it, restart the idle clock."""
+        return await self.store.record(plan.key, plan.rules, node_id, self.clock())
+
+    def abandon(self, plan: Plan, node_id: str) -> None:
+        """The request reached no node: drop the provisional record it may have left."""
+        self.store.release(plan.key, node_id)
+
+    # -- admin --------------------------------------------------------------------------------
+
+    async def get(self, package_id: str, session_id: str) -> SessionRecord | None:
+        record = await self.store.get(SessionKey(package_id, session_id), self.clock())
+        return None if record is None or record.provisional else record
+
+    async def list(self, package_id: str) -> list[SessionRecord]:
+        """Live sessions of a package, oldest first."""
+        return await self.store.list(package_id, self.clock())
+
+    async def end(self, package_id: str, session_id: str) -> bool:
+        """Forget a session now; its open tunnels go on, its next request starts afresh."""
+        return await self.store.delete(SessionKey(package_id, session_id))
+
+    async def expire(self) -> int:
+        """Reclaim expired records (call every few seconds); the number dropped."""
+        return await self.store.expire(self.clock())
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.store.idle_timeout
+
+
+def _check_rules(record: SessionRecord, canonical: str) -> None:
+    if record.rules != canonical:
+        raise GatewayError(
+            Code.SESSION_PARAMS_MISMATCH,
+            f"Session {record.key.session_id} is locked to rules {record.rules}",
+        )
