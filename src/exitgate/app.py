@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 
@@ -32,11 +33,15 @@ from exitgate.net.server import ProxyServer, tls_context
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
 from exitgate.registry import Registry
+from exitgate.routing.failover import Router
+from exitgate.routing.health import NodeHealth
 from exitgate.routing.index import NodeIndex
+from exitgate.routing.sessions import SessionTable
 from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.counters import Counters, open_counters
+from exitgate.store.sessions import MemorySessionStore
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate")
@@ -96,6 +101,12 @@ class Gateway:
             extra_isps=settings.geo.isps,
         )
         self.index = NodeIndex()
+        self.health = NodeHealth(time.monotonic)
+        self.sessions = SessionTable(
+            MemorySessionStore(settings.sessions.idle_timeout), time.time
+        )
+        self.router: Router | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self.recorder = Recorder()
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
@@ -111,8 +122,18 @@ class Gateway:
     def _on_node(self, node: Node | None, node_id: str) -> None:
         if node is None:
             self.index.remove(node_id)
+            self.health.forget(node_id)
         else:
             self.index.upsert(node)
+
+    async def _expire_sessions(self) -> None:
+        interval = min(5.0, self.settings.sessions.idle_timeout / 2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sessions.expire()
+            except Exception as exc:  # a shared backend's hiccup: the next round retries
+                log.warning("session expiry failed: %s", exc)
 
     async def start(self) -> Bound:
         settings = self.settings
@@ -140,11 +161,13 @@ class Gateway:
             self.registry, policy, limits=gate5, credits_exhausted=metering.out_of_credits
         )
         dialer = Dialer(policy, settings.exit.connect_timeout)
+        self.router = Router(self.index, self.health, self.sessions)
+        self._expiry = spawn(self._expire_sessions(), "session-expiry")
         ctx = ProxyContext(
             proxy=settings.proxy,
             exit=settings.exit,
             admission=admission,
-            connector=Connector(self.index, dialer),
+            connector=Connector(self.index, dialer, self.router),
             recorder=self.recorder,
             usage=self.usage,
         )
@@ -167,12 +190,43 @@ class Gateway:
         router = APIRouter()
         recorder = self.recorder
         registry = self.registry
+        sessions = self.sessions
+
+        def known(package_id: str) -> None:
+            if registry.package(package_id) is None:
+                raise HTTPException(404, f"package not found: {package_id}")
 
         @router.get("/v1/packages/{package_id}/errors", tags=["packages"])
         async def package_errors(package_id: str) -> list[dict[str, object]]:
-            if registry.package(package_id) is None:
-                raise HTTPException(404, f"package not found: {package_id}")
+            known(package_id)
             return recorder.recent_errors(package_id)
+
+        @router.get("/v1/sessions", tags=["sessions"])
+        async def list_sessions(package_id: str) -> list[dict[str, object]]:
+            known(package_id)
+            now = time.time()
+            return [
+                {
+                    "package_id": r.key.package_id,
+                    "session": r.key.session_id,
+                    "node_id": r.node_id,
+                    "rules": r.rules,
+                    "created": r.created,
+                    "age": round(now - r.created, 3),
+                    "last_used": r.last_used,
+                    "node_since": r.assigned,
+                    "requests": r.requests,
+                    "expires": r.expires(sessions.idle_timeout),
+                }
+                for r in await sessions.list(package_id)
+                if not r.provisional
+            ]
+
+        @router.delete("/v1/sessions/{package_id}/{session_id}", tags=["sessions"], status_code=204)
+        async def end_session(package_id: str, session_id: str) -> None:
+            known(package_id)
+            if not await sessions.end(package_id, session_id):
+                raise HTTPException(404, f"session not found: {session_id}")
 
         return [router]
 
@@ -208,6 +262,10 @@ class Gateway:
         """Drain the proxy first, so the last usage flush sees every relayed byte."""
         if self.proxy is not None:
             await self.proxy.close(grace)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         if self.keeper is not None:
             await self.keeper.close()
         if self.usage is not None:

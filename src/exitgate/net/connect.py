@@ -1,59 +1,78 @@
-"""Routing a request to a working exit: select, dial, replace on node failure.
+"""Routing a request to a working exit: the `Router`'s attempt loop, with dialing.
 
-Without a session every request may take a different node; a node that fails before any byte
-of the target's answer was relayed is replaced by another matching node, up to
-`MAX_REPLACEMENTS` times. Target errors (`GatewayError` from the dialer) end the attempt at
-once: another node would meet the same target.
+`routing.failover` decides (sessions, rotation, onerror policies, health, lookalike); this
+module only dials what it is told and reports back. Target errors (`GatewayError` from the
+dialer) end the attempt at once: another node would meet the same target, and the node gets
+no verdict. The `Route` holds the node's health lease until the tunnel or request ends
+(`Connector.done`), so selection sees in-flight load.
+
+A forwarded request may reuse the client's kept target connection: when the router picks
+the node that connection goes through, no new dial is needed (`reuse`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from exitgate.admission import Admitted
-from exitgate.errors import Code, GatewayError
+from exitgate.errors import GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.dial import Dialer, NodeFailure
+from exitgate.routing.failover import Fail, Router
+from exitgate.routing.health import Lease
 from exitgate.routing.index import NodeIndex
+from exitgate.routing.sessions import SessionOutcome
 
-MAX_REPLACEMENTS = 3
+Reuse = Callable[[Node], Conn | None]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     conn: Conn
     node: Node
+    session: SessionOutcome | None = None  # None: the request has no session
+    lease: Lease | None = None  # the node's in-flight slot, for `Connector.done`
 
 
 class Connector:
-    def __init__(self, index: NodeIndex, dialer: Dialer) -> None:
+    def __init__(self, index: NodeIndex, dialer: Dialer, router: Router) -> None:
         self.index = index
         self.dialer = dialer
+        self.router = router
 
-    async def connect(self, admitted: Admitted) -> Route:
+    async def connect(self, admitted: Admitted, reuse: Reuse | None = None) -> Route:
+        """Gates 6 (session rules) and 7 (select, dial, fail over) for one request."""
         try:
-            return await self._connect(admitted)
+            return await self._connect(admitted, reuse)
         except GatewayError as exc:
             exc.package_id = admitted.package.id
             raise
 
-    async def _connect(self, admitted: Admitted) -> Route:
-        tried: list[str] = []
-        last: NodeFailure | None = None
-        for _ in range(MAX_REPLACEMENTS + 1):
-            node = self.index.select(admitted.filters, exclude=tried)
-            if node is None:
-                break
-            try:
-                conn = await self.dialer.dial(node, admitted.target)
-            except NodeFailure as exc:
-                tried.append(node.id)
-                last = exc
-                continue
-            return Route(conn, node)
-        if last is None:
-            raise GatewayError(
-                Code.NODE_NOT_FOUND, f"No nodes matching {admitted.filters.describe()}"
-            )
-        raise GatewayError(Code.NODE_UNAVAILABLE, last.detail)
+    async def _connect(self, admitted: Admitted, reuse: Reuse | None) -> Route:
+        attempt = await self.router.begin(admitted.package.id, admitted.rules, admitted.filters)
+        try:
+            while True:
+                step = await attempt.next()
+                if isinstance(step, Fail):
+                    raise step.error()
+                conn = reuse(step.node) if reuse is not None else None
+                if conn is None:
+                    try:
+                        conn = await self.dialer.dial(step.node, admitted.target)
+                    except NodeFailure as exc:
+                        attempt.failed(exc.detail)
+                        continue
+                    except GatewayError:
+                        await attempt.target_failed()
+                        raise
+                ok = await attempt.succeeded()
+                return Route(conn, ok.node, ok.session, ok.lease)
+        finally:
+            attempt.close()
+
+    def done(self, route: Route) -> None:
+        """The tunnel or request is over: give the node's in-flight slot back."""
+        if route.lease is not None:
+            self.router.health.release(route.lease)

@@ -21,6 +21,7 @@ from exitgate.admission import Admitted
 from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.model import Node, Protocol, Target
 from exitgate.net.conn import Conn, ConnectionClosed
+from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext
 from exitgate.net.relay import relay_tunnel
 from exitgate.tasks import spawn
@@ -96,6 +97,13 @@ def credentials(head: RequestHead) -> tuple[str, str] | None:
     return found
 
 
+def session_header(route: Route) -> bytes:
+    """`X-Exitgate-Session: new|kept|rotated|replaced` for requests with a session."""
+    if route.session is None:
+        return b""
+    return b"X-Exitgate-Session: " + route.session.value.encode() + b"\r\n"
+
+
 def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
     raw = head.get(b"respond-with")
     if not raw:
@@ -127,6 +135,7 @@ class HttpSession:
         self.kept: _Kept | None = None
         self.tick_up: Callable[[int], None] = _uncounted
         self.tick_down: Callable[[int], None] = _uncounted
+        self.session_header = b""
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
@@ -185,7 +194,11 @@ class HttpSession:
                 self._fail(err, target.authority, Protocol.HTTPS, close=True)
                 return
             extra = node_headers(head, route.node, route.conn.sockname[0])
-            answer = f"HTTP/1.1 200 Connection established\r\n{extra}\r\n".encode("latin-1")
+            answer = (
+                f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
+                + session_header(route)
+                + b"\r\n"
+            )
             await relay_tunnel(ctx, admitted, self.conn, route, answer)
         finally:
             admitted.lease.release()
@@ -224,10 +237,33 @@ class HttpSession:
         target = admitted.target
         has_body = body_kind is not BodyKind.NONE
         try:
-            upstream, node = await self._upstream_for(admitted)
+            route = await self._upstream_for(admitted)
         except GatewayError as err:
             self._fail(err, target.authority, Protocol.HTTP, close=has_body)
             return not has_body
+        try:
+            return await self._exchange(
+                head, admitted, route, path=path, body_kind=body_kind, length=length
+            )
+        finally:
+            ctx.connector.done(route)
+
+    async def _exchange(
+        self,
+        head: RequestHead,
+        admitted: Admitted,
+        route: Route,
+        *,
+        path: str,
+        body_kind: BodyKind,
+        length: int,
+    ) -> bool:
+        """One request and its response over the route; True when the client may go on."""
+        ctx = self.ctx
+        target = admitted.target
+        has_body = body_kind is not BodyKind.NONE
+        upstream, node = route.conn, route.node
+        self.session_header = session_header(route)
 
         def stop(err: GatewayError) -> None:
             err.package_id = admitted.package.id
@@ -271,20 +307,34 @@ class HttpSession:
             return False
         return request_keep_alive(head)
 
-    async def _upstream_for(self, admitted: Admitted) -> tuple[Conn, Node]:
+    async def _upstream_for(self, admitted: Admitted) -> Route:
         kept = self.kept
-        if (
-            kept is not None
+        usable = (
+            kept
+            if kept is not None
             and not kept.conn.closed
             and not kept.conn.eof
             and kept.target == admitted.target
-            and self.ctx.connector.index.matches(kept.node, admitted.filters)
+            else None
+        )
+        if usable is None:
+            self._drop_kept()
+        elif (
+            admitted.rules.session is None
+            and usable.node.id in self.ctx.connector.index
+            and self.ctx.connector.index.matches(usable.node, admitted.filters)
         ):
-            return kept.conn, kept.node
-        self._drop_kept()
-        route = await self.ctx.connector.connect(admitted)
-        self.kept = _Kept(route.node, admitted.target, route.conn)
-        return route.conn, route.node
+            # No session: any matching node will do, and the open connection is cheapest.
+            return Route(usable.conn, usable.node)
+
+        def reuse(node: Node) -> Conn | None:
+            return usable.conn if usable is not None and node.id == usable.node.id else None
+
+        route = await self.ctx.connector.connect(admitted, reuse)
+        if usable is None or route.conn is not usable.conn:
+            self._drop_kept()
+            self.kept = _Kept(route.node, admitted.target, route.conn)
+        return route
 
     async def _pump_body(
         self, upstream: Conn, kind: BodyKind, length: int, progress: _BodyProgress
@@ -355,6 +405,8 @@ class HttpSession:
         out_head = forward_response_head(
             response, close=not reusable, client_version=request.version
         )
+        if self.session_header:
+            out_head = out_head[:-2] + self.session_header + b"\r\n"
         self.conn.write(out_head)
         self.tick_down(len(out_head))
         await self._pump_response_body(upstream, kind, length)

@@ -39,5 +39,6 @@ async def relay_tunnel(
         await splice(client, upstream)
     finally:
         upstream.close()
+        ctx.connector.done(route)
         if meter is not None:
             meter.close()
