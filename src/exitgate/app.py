@@ -25,6 +25,7 @@ from fastapi import APIRouter, HTTPException
 
 from exitgate.admin.api import create_admin_app
 from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, NodeState, Package
 from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
@@ -46,6 +47,7 @@ from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate")
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
+HUB_TOKEN_FILE = "hub.token"  # noqa: S105 - a file name
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class Bound:
     proxy: tuple[str, int]
     admin: tuple[str, int]
     extra: tuple[tuple[str, int], ...] = ()
+    hub: tuple[str, int] | None = None
 
     @property
     def proxy_url(self) -> str:
@@ -63,24 +66,28 @@ class Bound:
         return f"http://{self.admin[0]}:{self.admin[1]}"
 
 
-def admin_token(settings: Settings) -> tuple[str, bool]:
-    """The configured token, else the one stored in the data dir, else a new one (0600).
+def stored_secret(settings: Settings, configured: str, name: str) -> tuple[str, bool]:
+    """The configured secret, else the one stored in the data dir, else a new one (0600).
 
-    Returns (token, generated): a generated token is printed once by `serve`.
+    Returns (secret, generated): a generated admin token is printed once by `serve`.
     """
-    if settings.admin.token:
-        return settings.admin.token, False
-    path = settings.data_dir / TOKEN_FILE
+    if configured:
+        return configured, False
+    path = settings.data_dir / name
     with contextlib.suppress(FileNotFoundError):
         stored = path.read_text().strip()
         if stored:
             return stored, False
-    token = secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token, True
+        fh.write(secret + "\n")
+    return secret, True
+
+
+def admin_token(settings: Settings) -> tuple[str, bool]:
+    return stored_secret(settings, settings.admin.token, TOKEN_FILE)
 
 
 class _AdminServer(uvicorn.Server):
@@ -106,6 +113,7 @@ class Gateway:
             MemorySessionStore(settings.sessions.idle_timeout), time.time
         )
         self.router: Router | None = None
+        self.hub: Hub | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.recorder = Recorder()
         self.proxy: ProxyServer | None = None
@@ -160,7 +168,14 @@ class Gateway:
         admission = Admission(
             self.registry, policy, limits=gate5, credits_exhausted=metering.out_of_credits
         )
-        dialer = Dialer(policy, settings.exit.connect_timeout)
+        hub_token, _ = stored_secret(settings, settings.hub.token, HUB_TOKEN_FILE)
+        self.hub = build_hub(
+            settings.hub.model_copy(update={"token": hub_token}),
+            self.service,
+            self.registry,
+            allow_private=settings.exit.allow_private,
+        )
+        dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
         self.router = Router(self.index, self.health, self.sessions)
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
         ctx = ProxyContext(
@@ -182,9 +197,10 @@ class Gateway:
         if settings.proxy.socks5_listen:
             extra.append(await self.proxy.listen(settings.proxy.socks5_listen, "socks5"))
 
+        hub_bound = await self.hub.start() if settings.hub.listen else None
         self.token, self.token_generated = admin_token(settings)
         admin_bound = await self._start_admin()
-        return Bound(proxy_bound, admin_bound, tuple(extra))
+        return Bound(proxy_bound, admin_bound, tuple(extra), hub_bound)
 
     def _routers(self) -> list[APIRouter]:
         router = APIRouter()
@@ -262,6 +278,8 @@ class Gateway:
         """Drain the proxy first, so the last usage flush sees every relayed byte."""
         if self.proxy is not None:
             await self.proxy.close(grace)
+        if self.hub is not None:
+            await self.hub.close(grace)
         if self._expiry is not None:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -103,6 +103,11 @@ async def _serve(config: Path | None, demo: bool) -> None:
             typer.echo(f"  admin token in {settings.data_dir / 'admin.token'}\n")
     else:
         typer.echo(f"exitgate: proxy on {bound.proxy_url}, admin API on {bound.admin_url}")
+        if bound.hub is not None:
+            where = "configured" if settings.hub.token else str(settings.data_dir / "hub.token")
+            typer.echo(
+                f"exitgate: agent hub on {bound.hub[0]}:{bound.hub[1]} (agent token: {where})"
+            )
         token_file = settings.data_dir / "admin.token"
         if gateway.token_generated:
             typer.echo(f"exitgate: admin token {gateway.token} (shown once; kept in {token_file})")
@@ -148,6 +153,21 @@ def checker(
         _fail(f"--listen: {exc}", 2)
         return
     _run(serve_checker(host, port, str(mmdb) if mmdb else None, trust_forwarded=trust_forwarded))
+
+
+@app.command(
+    "agent",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def agent(ctx: typer.Context) -> None:
+    """Run a node agent: dial into a gateway's hub and serve as an exit (see `agent --help`)."""
+    # Imported on use: the agent's dependencies are not needed by the other commands.
+    from exitgate.agent.cli import agent_command
+
+    sub = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+    sub.command()(agent_command)
+    sub(args=ctx.args, prog_name="exitgate agent")
 
 
 def main() -> None:
