@@ -97,6 +97,29 @@ def credentials(head: RequestHead) -> tuple[str, str] | None:
     return found
 
 
+async def pump_message_body(
+    src: Conn, dst: Conn, framer: BodyFramer, tick: Callable[[int], None]
+) -> None:
+    """Relay one message body verbatim from `src` to `dst`, as far as `framer` says; bytes
+    past the body stay in `src.buffer` for the next message. ConnectionClosed when either side
+    goes away first (for an until-close body that is its end)."""
+    buffer = src.buffer
+    while not framer.done:
+        if not buffer:
+            await src.read_more()
+            continue
+        n = framer.feed(buffer)
+        if n == len(buffer):
+            chunk = bytes(buffer)
+            buffer.clear()
+        else:
+            chunk = bytes(buffer[:n])
+            src.consume(n)
+        dst.write(chunk)
+        tick(n)
+        await dst.drain()
+
+
 def session_header(route: Route) -> bytes:
     """`X-Exitgate-Session: new|kept|rotated|replaced` for requests with a session."""
     if route.session is None:
@@ -339,25 +362,10 @@ class HttpSession:
     async def _pump_body(
         self, upstream: Conn, kind: BodyKind, length: int, progress: _BodyProgress
     ) -> None:
-        framer = BodyFramer(kind, length)
-        conn = self.conn
-        while not framer.done:
-            if not conn.buffer:
-                try:
-                    await conn.read_more()
-                except ConnectionClosed:
-                    return  # the client is gone: `on_lost` aborts the target side
-                continue
-            n = framer.feed(conn.buffer)
-            if n == len(conn.buffer):
-                chunk = bytes(conn.buffer)
-                conn.buffer.clear()
-            else:
-                chunk = bytes(conn.buffer[:n])
-                conn.consume(n)
-            upstream.write(chunk)
-            self.tick_up(n)
-            await upstream.drain()
+        try:
+            await pump_message_body(self.conn, upstream, BodyFramer(kind, length), self.tick_up)
+        except ConnectionClosed:
+            return  # the client is gone: `on_lost` aborts the target side
         progress.complete = True
 
     async def _relay_response(
@@ -413,24 +421,8 @@ class HttpSession:
         return reusable
 
     async def _pump_response_body(self, upstream: Conn, kind: BodyKind, length: int) -> None:
-        framer = BodyFramer(kind, length)
-        client = self.conn
-        while not framer.done:
-            if not upstream.buffer:
-                try:
-                    await upstream.read_more()
-                except ConnectionClosed:
-                    if kind is BodyKind.UNTIL_CLOSE:
-                        return
-                    raise
-                continue
-            n = framer.feed(upstream.buffer)
-            if n == len(upstream.buffer):
-                chunk = bytes(upstream.buffer)
-                upstream.buffer.clear()
-            else:
-                chunk = bytes(upstream.buffer[:n])
-                upstream.consume(n)
-            client.write(chunk)
-            self.tick_down(n)
-            await client.drain()
+        try:
+            await pump_message_body(upstream, self.conn, BodyFramer(kind, length), self.tick_down)
+        except ConnectionClosed:
+            if kind is not BodyKind.UNTIL_CLOSE or not upstream.eof:
+                raise
