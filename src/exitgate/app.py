@@ -33,7 +33,7 @@ from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
-from exitgate.registry import Registry
+from exitgate.registry import Registry, Snapshot
 from exitgate.routing.failover import Router
 from exitgate.routing.health import NodeHealth
 from exitgate.routing.index import NodeIndex
@@ -48,6 +48,7 @@ from exitgate.tasks import spawn
 log = logging.getLogger("exitgate")
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 HUB_TOKEN_FILE = "hub.token"  # noqa: S105 - a file name
+REFRESH_SECONDS = 2.0  # how often an instance on a shared database re-reads accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class Gateway:
         self.router: Router | None = None
         self.hub: Hub | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None
         self.recorder = Recorder()
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
@@ -133,6 +135,16 @@ class Gateway:
             self.health.forget(node_id)
         else:
             self.index.upsert(node)
+
+    async def _refresh_registry(self, store: AccountStore) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                snapshot = await asyncio.to_thread(Snapshot.read, store)
+            except Exception as exc:
+                log.warning("registry refresh failed: %s", exc)
+                continue
+            self.registry.apply(snapshot)
 
     async def _expire_sessions(self) -> None:
         interval = min(5.0, self.settings.sessions.idle_timeout / 2)
@@ -178,6 +190,10 @@ class Gateway:
         dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
         self.router = Router(self.index, self.health, self.sessions)
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
+        if not settings.store.url.startswith("sqlite"):
+            # A shared database: other instances write too. Re-read it (the registry's
+            # `apply` notifies only real changes, so the node index follows cheaply).
+            self._refresh = spawn(self._refresh_registry(store), "registry-refresh")
         ctx = ProxyContext(
             proxy=settings.proxy,
             exit=settings.exit,
@@ -280,10 +296,11 @@ class Gateway:
             await self.proxy.close(grace)
         if self.hub is not None:
             await self.hub.close(grace)
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        for task in (self._expiry, self._refresh):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.keeper is not None:
             await self.keeper.close()
         if self.usage is not None:

@@ -33,7 +33,7 @@ class GatewayThread:
         overrides: dict[str, dict[str, Any]] = {
             "proxy": {"listen": "127.0.0.1:0", "handshake_timeout": 3.0},
             "admin": {"listen": "127.0.0.1:0", "token": TOKEN},
-            "hub": {"listen": "127.0.0.1:0"},
+            "hub": {"listen": "127.0.0.1:0", "token": "test-hub-token"},
             "store": {"url": f"sqlite:///{tmp / 'exitgate.db'}"},
             "exit": {"allow_private": True, "connect_timeout": 3.0, "response_timeout": 5.0},
         }
