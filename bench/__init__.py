@@ -1,0 +1,1 @@
+"""exitgate benchmark harness: `.venv/bin/python -m bench` (see bench/README.md)."""
