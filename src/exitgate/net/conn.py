@@ -35,6 +35,7 @@ class ConnectionClosed(Exception):
 class Conn(asyncio.Protocol):
     __slots__ = (
         "_deadline",
+        "_deadline_at",
         "_drain_waiter",
         "_on_made",
         "_paused_reading",
@@ -67,6 +68,7 @@ class Conn(asyncio.Protocol):
         self._writing_paused = False
         self._paused_reading = False
         self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -106,7 +108,10 @@ class Conn(asyncio.Protocol):
         return True  # half-open: the handler decides when to close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.clear_deadline()
+        self._deadline_at = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self.closed = True
         self.eof = True
         self._wake_reader()
@@ -141,17 +146,34 @@ class Conn(asyncio.Protocol):
     def set_deadline(self, delay: float) -> None:
         """Abort the connection unless `clear_deadline` comes within `delay` seconds.
 
-        One timer handle per phase: cheaper than an `asyncio.timeout` scope around every
-        await of a handshake, and it also bounds phases that await several things. An aborted
-        connection makes the pending `read_more` raise `ConnectionClosed`.
+        One lazy timer per connection: setting or clearing a deadline only writes a float, and
+        the timer, when it fires, re-arms itself for a deadline that moved (a kept-alive
+        connection sets one per request). Cheaper than an `asyncio.timeout` scope around every
+        await, or a timer handle made and cancelled per request. An aborted connection makes
+        the pending `read_more` raise `ConnectionClosed`.
         """
-        self.clear_deadline()
-        self._deadline = asyncio.get_running_loop().call_later(delay, self.abort)
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        self._deadline_at = at
+        timer = self._deadline
+        if timer is None or timer.when() > at:
+            if timer is not None:
+                timer.cancel()
+            self._deadline = loop.call_at(at, self._deadline_due)
 
     def clear_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline_at = None
+
+    def _deadline_due(self) -> None:
+        self._deadline = None
+        at = self._deadline_at
+        if at is None or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= at:
+            self.abort()
+        else:
+            self._deadline = loop.call_at(at, self._deadline_due)
 
     # -- read mode --------------------------------------------------------------------------
     def _wake_reader(self) -> None:

@@ -98,12 +98,19 @@ def credentials(head: RequestHead) -> tuple[str, str] | None:
 
 
 async def pump_message_body(
-    src: Conn, dst: Conn, framer: BodyFramer, tick: Callable[[int], None]
+    src: Conn, dst: Conn, framer: BodyFramer, tick: Callable[[int], None], head: bytes = b""
 ) -> None:
     """Relay one message body verbatim from `src` to `dst`, as far as `framer` says; bytes
     past the body stay in `src.buffer` for the next message. ConnectionClosed when either side
-    goes away first (for an until-close body that is its end)."""
+    goes away first (for an until-close body that is its end).
+
+    `head` (already counted) goes out with the first body bytes in one write: one send
+    syscall per small response instead of two, the largest single cost of forwarding.
+    """
     buffer = src.buffer
+    if head and (framer.done or not buffer):
+        dst.write(head)
+        head = b""
     while not framer.done:
         if not buffer:
             await src.read_more()
@@ -115,6 +122,9 @@ async def pump_message_body(
         else:
             chunk = bytes(buffer[:n])
             src.consume(n)
+        if head:
+            chunk = head + chunk
+            head = b""
         dst.write(chunk)
         tick(n)
         await dst.drain()
@@ -415,14 +425,16 @@ class HttpSession:
         )
         if self.session_header:
             out_head = out_head[:-2] + self.session_header + b"\r\n"
-        self.conn.write(out_head)
         self.tick_down(len(out_head))
-        await self._pump_response_body(upstream, kind, length)
+        await self._pump_response_body(upstream, kind, length, out_head)
         return reusable
 
-    async def _pump_response_body(self, upstream: Conn, kind: BodyKind, length: int) -> None:
+    async def _pump_response_body(
+        self, upstream: Conn, kind: BodyKind, length: int, head: bytes
+    ) -> None:
+        framer = BodyFramer(kind, length)
         try:
-            await pump_message_body(upstream, self.conn, BodyFramer(kind, length), self.tick_down)
+            await pump_message_body(upstream, self.conn, framer, self.tick_down, head)
         except ConnectionClosed:
             if kind is not BodyKind.UNTIL_CLOSE or not upstream.eof:
                 raise
