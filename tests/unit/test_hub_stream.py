@@ -17,7 +17,7 @@ from h2.settings import SettingCodes
 
 from exitgate.hub.mux import Mux, MuxLimits
 from exitgate.hub.stream import Headers, StreamTransport
-from exitgate.net.conn import Conn, splice
+from exitgate.net.conn import Conn, relay_until_closed
 
 LIMITS = MuxLimits(stream_window=64 * 1024, max_frame=16_384)
 
@@ -323,7 +323,7 @@ async def test_splice_between_two_streams_is_byte_exact() -> None:
     a = client.open_stream(CONNECT, {})
     b = client.open_stream(CONNECT, {})
     await asyncio.wait_for(asyncio.gather(a.head, b.head), 2)
-    relay = asyncio.get_running_loop().create_task(splice(conns[0], conns[1]))
+    relay = asyncio.get_running_loop().create_task(relay_until_closed(conns[0], conns[1]))
     sink = Recorder()
     b.attach(sink)
     source = Recorder()

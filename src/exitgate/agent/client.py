@@ -52,7 +52,7 @@ from exitgate.hub.protocol import (
 )
 from exitgate.hub.stream import Headers, StreamTransport
 from exitgate.model import NodeAttrs
-from exitgate.net.conn import Conn, splice
+from exitgate.net.conn import Conn, relay_until_closed
 from exitgate.settings import split_hostport
 from exitgate.tasks import spawn
 
@@ -260,7 +260,7 @@ class Agent:
         conn = Conn()
         stream.attach(conn)
         try:
-            await splice(conn, target)
+            await relay_until_closed(conn, target)
         finally:
             conn.close()
             target.close()

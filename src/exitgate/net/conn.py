@@ -44,7 +44,6 @@ class Conn(asyncio.Protocol):
         "buffer",
         "closed",
         "eof",
-        "lost",
         "on_lost",
         "peer",
         "relayed",
@@ -60,7 +59,6 @@ class Conn(asyncio.Protocol):
         self.peer: Conn | None = None
         self.relayed = 0  # bytes received while splicing (forwarded to the peer)
         self.tap: Callable[[int], None] | None = None
-        self.lost: asyncio.Future[None] | None = None
         self.on_lost: Callable[[], None] | None = None  # called once the connection is gone
         self._on_made = on_made
         self._read_waiter: asyncio.Future[None] | None = None
@@ -118,8 +116,6 @@ class Conn(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self.lost is not None and not self.lost.done():
-            self.lost.set_result(None)
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost()
@@ -225,6 +221,11 @@ class Conn(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    @property
+    def spliced(self) -> bool:
+        """Handed to `splice`: the relay owns the connection now, not its handler."""
+        return self.peer is not None
+
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.abort()
@@ -250,19 +251,27 @@ class Conn(asyncio.Protocol):
                 side.transport.close()
 
 
-async def splice(a: Conn, b: Conn) -> None:
-    """Pump bytes both ways until both sides are closed.
+def splice(a: Conn, b: Conn, done: Callable[[], None]) -> None:
+    """Pump bytes both ways; call `done()` once both sides are closed.
 
+    Returns at once: the pair runs on the transports' callbacks alone, with no task or
+    coroutine frame kept per tunnel (an idle tunnel then costs two transports and two `Conn`s).
     Whatever sits in either read buffer (client early data, bytes that came with an upstream
     proxy's answer) is flushed to the other side first, so nothing received is lost.
     """
-    loop = asyncio.get_running_loop()
-    a.lost = a.lost or loop.create_future()
-    b.lost = b.lost or loop.create_future()
-    if a.closed and not a.lost.done():
-        a.lost.set_result(None)
-    if b.closed and not b.lost.done():
-        b.lost.set_result(None)
+    remaining = 2
+
+    def one_gone() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            done()
+
+    for side in (a, b):
+        if side.closed:
+            one_gone()
+        else:
+            side.on_lost = one_gone
     for src, dst in ((a, b), (b, a)):
         if src.buffer:
             chunk = bytes(src.buffer)
@@ -285,4 +294,15 @@ async def splice(a: Conn, b: Conn) -> None:
             side.transport.resume_reading()
         if side._writing_paused and other.transport is not None and not other.closed:
             other.transport.pause_reading()
-    await asyncio.gather(a.lost, b.lost)
+
+
+async def relay_until_closed(a: Conn, b: Conn) -> None:
+    """`splice`, awaited: for callers that track tunnels as tasks (the agent's drain)."""
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    splice(a, b, done)
+    await ended

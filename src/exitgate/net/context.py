@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from exitgate.admission import Admission, Admitted
 from exitgate.errors import GatewayError
 from exitgate.model import Node
+from exitgate.net.conn import Conn
 from exitgate.net.connect import Connector
 from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
@@ -22,6 +23,10 @@ def _uncounted(n: int) -> None:
     return None
 
 
+def _nothing(conn: Conn) -> None:
+    return None
+
+
 @dataclass(slots=True)
 class ProxyContext:
     proxy: ProxySettings
@@ -30,6 +35,8 @@ class ProxyContext:
     connector: Connector
     recorder: Recorder
     usage: UsageService
+    # the listener's bookkeeping, told when a spliced tunnel (which has no task) is over
+    on_tunnel_end: Callable[[Conn], None] = _nothing
 
     def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
         """Every error, whatever the protocol, lands in the package's recent-errors log."""

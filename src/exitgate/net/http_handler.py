@@ -23,7 +23,7 @@ from exitgate.model import Node, Protocol, Target
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext
-from exitgate.net.relay import relay_tunnel
+from exitgate.net.relay import start_tunnel
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
     MALFORMED,
@@ -195,7 +195,8 @@ class HttpSession:
             return
         finally:
             self._drop_kept()
-            self.conn.close()
+            if not self.conn.spliced:
+                self.conn.close()
 
     def _drop_kept(self) -> None:
         if self.kept is not None:
@@ -221,20 +222,20 @@ class HttpSession:
             self._fail(err, target.authority, Protocol.HTTPS, close=True)
             return
         try:
-            try:
-                route = await ctx.connector.connect(admitted)
-            except GatewayError as err:
-                self._fail(err, target.authority, Protocol.HTTPS, close=True)
-                return
-            extra = node_headers(head, route.node, route.conn.sockname[0])
-            answer = (
-                f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
-                + session_header(route)
-                + b"\r\n"
-            )
-            await relay_tunnel(ctx, admitted, self.conn, route, answer)
-        finally:
+            route = await ctx.connector.connect(admitted)
+        except BaseException as exc:
             admitted.lease.release()
+            if isinstance(exc, GatewayError):
+                self._fail(exc, target.authority, Protocol.HTTPS, close=True)
+                return
+            raise
+        extra = node_headers(head, route.node, route.conn.sockname[0])
+        answer = (
+            f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
+            + session_header(route)
+            + b"\r\n"
+        )
+        start_tunnel(ctx, admitted, self.conn, route, answer)  # owns the leases from here
 
     # -- absolute-form forwarding -----------------------------------------------------------
     async def forward(self, head: RequestHead) -> bool:

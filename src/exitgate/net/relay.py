@@ -5,9 +5,16 @@ relayed byte is counted exactly once and the answer to the client (written befor
 see anything from the client) is free. When the package goes over its cap or its
 organization out of credits mid-tunnel, the meter's stop callback records the error and
 aborts both sides.
+
+`start_tunnel` returns as soon as the pair is spliced: the tunnel takes over the request's
+concurrency lease, the node's health lease and the meter, and gives them back from the
+transports' last callback. The handler's task and frames are gone meanwhile, which is what
+keeps an idle tunnel small.
 """
 
 from __future__ import annotations
+
+import logging
 
 from exitgate.admission import Admitted
 from exitgate.errors import GatewayError
@@ -15,8 +22,10 @@ from exitgate.net.conn import Conn, splice
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext
 
+log = logging.getLogger("exitgate.relay")
 
-async def relay_tunnel(
+
+def start_tunnel(
     ctx: ProxyContext, admitted: Admitted, client: Conn, route: Route, answer: bytes
 ) -> None:
     upstream = route.conn
@@ -31,14 +40,20 @@ async def relay_tunnel(
         upstream.abort()
 
     meter = ctx.meter(admitted, route.node, stop)
-    try:
-        client.write(answer)
-        if meter is not None:
-            client.tap = meter.tick_up
-            upstream.tap = meter.tick_down
-        await splice(client, upstream)
-    finally:
-        upstream.close()
-        ctx.connector.done(route)
-        if meter is not None:
-            meter.close()
+
+    def finished() -> None:
+        try:
+            ctx.connector.done(route)
+            if meter is not None:
+                meter.close()
+        except Exception:
+            log.exception("tunnel clean-up failed")
+        finally:
+            admitted.lease.release()
+            ctx.on_tunnel_end(client)
+
+    client.write(answer)
+    if meter is not None:
+        client.tap = meter.tick_up
+        upstream.tap = meter.tick_down
+    splice(client, upstream, finished)

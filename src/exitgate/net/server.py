@@ -47,6 +47,7 @@ class ProxyServer:
         self.listeners: list[socket.socket] = []
         self.clients: set[Conn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        ctx.on_tunnel_end = self.clients.discard
 
     async def listen(self, address: str, mode: Mode = "auto") -> tuple[str, int]:
         host, port = split_hostport(address)
@@ -88,8 +89,9 @@ class ProxyServer:
         except Exception:
             log.exception("connection handler failed")
         finally:
-            self.clients.discard(conn)
-            conn.close()
+            if not conn.spliced:  # a spliced tunnel leaves through `ctx.on_tunnel_end`
+                self.clients.discard(conn)
+                conn.close()
 
     # -- TLS-capable listener: accept, peek, then wrap or not -------------------------------
     async def _listen_peeking(self, host: str, port: int, mode: Mode) -> tuple[str, int]:
@@ -141,14 +143,18 @@ class ProxyServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
-            for conn in list(self.clients):
-                conn.abort()
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        # Open connections (handlers and spliced tunnels) get `grace` seconds to finish.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (self.clients or self.tasks) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # a shutdown-only poll; no event to hang it on
+        for conn in list(self.clients):
+            conn.abort()
+        pending = [task for task in self.tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
 
 
 async def _peek_first_byte(sock: socket.socket) -> int:

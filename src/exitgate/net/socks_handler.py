@@ -14,7 +14,7 @@ from exitgate.errors import Code, GatewayError, SocksReply
 from exitgate.model import Protocol, Target
 from exitgate.net.conn import Conn
 from exitgate.net.context import ProxyContext
-from exitgate.net.relay import relay_tunnel
+from exitgate.net.relay import start_tunnel
 from exitgate.wire.socks5 import (
     NEED_DATA,
     Credentials,
@@ -119,16 +119,16 @@ class SocksSession:
             self._refuse(err, target)
             return
         try:
-            try:
-                route = await ctx.connector.connect(admitted)
-            except GatewayError as err:
-                self._refuse(err, target)
-                return
-            host, port = route.conn.sockname
-            answer = self.core.reply(SocksReply.SUCCEEDED, (host or "0.0.0.0", port))
-            early = self.core.trailing_data()
-            if early:
-                self.conn.buffer[:0] = early
-            await relay_tunnel(ctx, admitted, self.conn, route, answer)
-        finally:
+            route = await ctx.connector.connect(admitted)
+        except BaseException as exc:
             admitted.lease.release()
+            if isinstance(exc, GatewayError):
+                self._refuse(exc, target)
+                return
+            raise
+        host, port = route.conn.sockname
+        answer = self.core.reply(SocksReply.SUCCEEDED, (host or "0.0.0.0", port))
+        early = self.core.trailing_data()
+        if early:
+            self.conn.buffer[:0] = early
+        start_tunnel(ctx, admitted, self.conn, route, answer)  # owns the leases from here
