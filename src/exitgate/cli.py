@@ -18,7 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
-from exitgate.admin.cli import node_app, org_app, package_app
+from exitgate.admin.cli import errors_command, node_app, org_app, package_app, usage_command
+from exitgate.admin.cli_sessions import session_app
 from exitgate.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -32,6 +33,9 @@ app = typer.Typer(
 app.add_typer(org_app, name="org")
 app.add_typer(package_app, name="package")
 app.add_typer(node_app, name="node")
+app.add_typer(session_app, name="session")
+app.command("usage")(usage_command)
+app.command("errors")(errors_command)
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -190,15 +190,25 @@ def test_load_counts_leases(health: NodeHealth) -> None:
     assert health.inflight("n1") == 0
 
 
-def test_failure_penalty_decays_with_half_life(health: NodeHealth, clock: Clock) -> None:
+def test_failure_penalty_decays_and_ends_with_the_cool_down(
+    health: NodeHealth, clock: Clock
+) -> None:
     fail(health)
     assert health.load("n1") == pytest.approx(POLICY.failure_penalty)
-    clock.advance(POLICY.half_life)
-    assert health.load("n1") == pytest.approx(POLICY.failure_penalty / 2)
+    clock.advance(POLICY.cooldown(0) / 2)
+    half_way = health.load("n1")
+    assert 0 < half_way < POLICY.failure_penalty  # decaying within the cool-down
     fail(health)
-    assert health.load("n1") == pytest.approx(POLICY.failure_penalty * 1.5)
-    clock.advance(POLICY.half_life * 20)
-    assert health.load("n1") < 1e-4
+    assert health.load("n1") == pytest.approx(half_way + POLICY.failure_penalty)
+    clock.advance(POLICY.cooldown(0))
+    assert health.load("n1") == 0.0  # a recovered node competes again
+
+
+def test_a_success_clears_the_failure_penalty(health: NodeHealth) -> None:
+    fail(health)
+    assert health.load("n1") > 0
+    health.record_success("n1")
+    assert health.load("n1") == 0.0
 
 
 def test_load_orders_idle_busy_failing(health: NodeHealth) -> None:

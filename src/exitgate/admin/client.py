@@ -166,6 +166,18 @@ class AdminClient:
     def delete_node(self, node_id: str) -> None:
         self.request("DELETE", f"/v1/nodes/{_seg(node_id)}")
 
+    # sessions
+
+    def list_sessions(self, package_id: str) -> list[dict[str, Any]]:
+        """A package's live sessions, oldest first: {session, node_id, rules, age, ...}."""
+        params = {"package_id": package_id}
+        found: list[dict[str, Any]] = self.request("GET", "/v1/sessions", params=params)
+        return found
+
+    def end_session(self, package_id: str, session_id: str) -> None:
+        """Forget a session now; AdminError 404 when it is not live."""
+        self.request("DELETE", f"/v1/sessions/{_seg(package_id)}/{_seg(session_id)}")
+
 
 def _seg(text: str) -> str:
     """An id as one path segment: `../x` or `..` must not walk to another endpoint."""

@@ -290,6 +290,7 @@ class Attempt:
         self._held: tuple[Node, Lease] | None = None  # chosen, not yet handed out
         self._dialing: tuple[Node, Lease] | None = None  # handed out in a Dial
         self._done = False
+        self._left: str | None = None  # the node a rotation moved away from
         self.attempts = self._policy(rules, self._at)
 
     async def rotate(self, rules: Rules, plan: Plan, current: str) -> None:
@@ -303,6 +304,8 @@ class Attempt:
         if node_id == candidate.id:
             self._owned = node_id
         self._rotated = node_id != current
+        if self._rotated:
+            self._left = current
         self.attempts = self._policy(rules, node_id)
 
     async def next(self) -> Dial | Fail:
@@ -324,7 +327,15 @@ class Attempt:
                         continue
                     return self._dial(node)
                 case TryNew(exclude=exclude, like=like):
-                    candidate = self._router.select(self._filters, exclude, like)
+                    candidate = None
+                    if self._left is not None:
+                        # a rotation moves to a different node whenever one is online: its
+                        # replacement avoids the node it left, unless nothing else is there
+                        candidate = self._router.select(
+                            self._filters, exclude | {self._left}, like
+                        )
+                    if candidate is None:
+                        candidate = self._router.select(self._filters, exclude, like)
                     if candidate is None:
                         attempts.no_candidate(cooling=self._cooling(exclude))
                         continue

@@ -111,6 +111,7 @@ class NodeHealth:
             return
         node.failures = 0
         node.level = 0
+        node.score = 0.0  # a success is the freshest news: no penalty left to pay
         if node.state is not BreakerState.CLOSED:
             node.state = BreakerState.CLOSED
             self._blocked.discard(node_id)
@@ -188,7 +189,13 @@ class NodeHealth:
         node = self._nodes.get(node_id)
         if node is None:
             return 0.0
-        return node.inflight + self.policy.failure_penalty * self._score(node, self.clock())
+        now = self.clock()
+        if now - node.scored_at >= self.policy.cooldown(node.level):
+            # The penalty lasts one cool-down after the last failure. Two-choices always
+            # prefers the lower load, so a penalty that only decays would keep a recovered
+            # node out for good under light traffic: never picked, never probed.
+            return float(node.inflight)
+        return node.inflight + self.policy.failure_penalty * self._score(node, now)
 
     def inflight(self, node_id: str) -> int:
         node = self._nodes.get(node_id)
