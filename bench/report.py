@@ -181,6 +181,11 @@ def render(results: Results, meta: dict[str, Any]) -> str:
             "",
         ]
         out += table(results, "exitgate", ["exitgate", *variants], variants, "exitgate")
+    if has_eg:
+        from bench.targets import render_targets
+
+        out += ["", "## Targets (issue 6)", ""]
+        out += render_targets(results)
     probs = problems(results)
     out += ["", "## Errors and reconnects", ""]
     out += probs or ["- none"]

@@ -1,0 +1,80 @@
+"""The issue's performance targets, checked against one run's medians (for RESULTS.md).
+
+Each target is a ratio measured in the same run; "met" is computed, never typed. The reasons
+for a miss and what would close it are hand-written in bench/ANALYSIS.md, which the report
+includes after this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.report import Results, median
+
+ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    case: str
+    metric: str
+    other: str  # the column compared with, or "" for an absolute bound
+    bound: float  # required ratio (or absolute value)
+    higher_is_better: bool = True
+
+
+TARGETS = [
+    Target("CONNECT tunnels/s c=64 ≥ 1.0× squid", "connect_rate c=64", "rate", "squid", 1.0),
+    Target("(stretch) CONNECT c=64 ≥ 1.0× tinyproxy", "connect_rate c=64", "rate",
+           "tinyproxy", 1.0),
+    Target("forward req/s c=64 ≥ 1.0× squid", "forward_rps c=64", "rate", "squid", 1.0),
+    Target("(stretch) forward c=64 ≥ 1.5× squid", "forward_rps c=64", "rate", "squid", 1.5),
+    Target("one tunnel both ways ≥ 0.7× direct", "tunnel_throughput 1 tunnel, 1 GiB each way",
+           "mb_per_s", "direct", 0.7),
+    Target("CPU s per GB ≤ squid's", "tunnel_throughput 1 tunnel, 1 GiB each way",
+           "cpu_s_per_gb", "squid", 1.0, higher_is_better=False),
+    Target("SOCKS5 tunnels/s c=64 ≥ 2× dante", "socks5_rate c=64", "rate", "dante", 2.0),
+    Target("SOCKS5 tunnels/s c=64 ≥ 1.5× pproxy", "socks5_rate c=64", "rate", "pproxy", 1.5),
+    Target("idle tunnel ≤ 8 KiB (PSS)", "idle_tunnels 5000 tunnels", "kib_per_tunnel", "", 8.0,
+           higher_is_better=False),
+    Target("CONNECT + request p50 at c=1 ≤ tinyproxy's", "connect_rate c=1", "p50_ms",
+           "tinyproxy", 1.0, higher_is_better=False),
+    Target("metering on within 10% of off (CONNECT c=64)", "connect_rate c=64", "rate",
+           "exitgate metering off", 0.9),
+    Target("metering on within 10% of off (forward c=64)", "forward_rps c=64", "rate",
+           "exitgate metering off", 0.9),
+]
+
+
+def render_targets(results: Results) -> list[str]:
+    out = [
+        "| target | measured | required | met |",
+        "|---|---|---|---|",
+    ]
+    for t in TARGETS:
+        per: dict[str, Any] = results.get(t.case, {})
+        mine = median(per.get("exitgate", []), t.metric)
+        if t.other:
+            theirs = median(per.get(t.other, []), t.metric)
+            value = None if mine is None or not theirs else mine / theirs
+            shown = "n/a" if value is None else f"{value:.2f}×"
+            required = f"{'≥' if t.higher_is_better else '≤'} {t.bound:g}×"
+        else:
+            value = mine
+            shown = "n/a" if value is None else f"{value:.1f}"
+            required = f"{'≥' if t.higher_is_better else '≤'} {t.bound:g}"
+        if value is None:
+            met = "not run"
+        elif t.higher_is_better:
+            met = "yes" if value >= t.bound else f"no ({value / t.bound:.0%} of target)"
+        else:
+            met = "yes" if value <= t.bound else f"no ({t.bound / value:.0%} of target)"
+        out.append(f"| {t.name} | {shown} | {required} | {met} |")
+    out.append("")
+    out.append("Node selection: see the last section (target: under 50 µs per pick at 10^6).")
+    if ANALYSIS.exists():
+        out += ["", ANALYSIS.read_text().rstrip()]
+    return out
