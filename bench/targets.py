@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001  (the report prints ×, ≥ and ≤ on purpose)
+# ruff: noqa: RUF001  (the report prints multiplication and comparison signs on purpose)
 """The issue's performance targets, checked against one run's medians (for RESULTS.md).
 
 Each target is a ratio measured in the same run; "met" is computed, never typed. The reasons
