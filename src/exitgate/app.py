@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException
 from exitgate.admin.api import create_admin_app
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.hub.server import Hub, build_hub
-from exitgate.model import Node, NodeState, Package
+from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
 from exitgate.net.dial import Dialer
@@ -313,6 +313,3 @@ class Gateway:
                 await asyncio.wait_for(self._admin_task, timeout=grace)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
-
-    def online_nodes(self) -> int:
-        return sum(1 for n in self.registry.nodes.values() if n.state is NodeState.ONLINE)

@@ -38,7 +38,6 @@ class ErrorEvent:
 class Recorder:
     def __init__(self) -> None:
         self.recent: dict[str, deque[ErrorEvent]] = {}
-        self.anonymous_errors: deque[ErrorEvent] = deque(maxlen=RECENT_ERRORS)
 
     def error(
         self,
@@ -49,10 +48,9 @@ class Recorder:
         client: str,
         target: str = "",
     ) -> None:
-        event = ErrorEvent(time.time(), str(err.code), err.detail, protocol, client, target)
         if package_id is None:
-            self.anonymous_errors.append(event)
-            return
+            return  # no package to show it to (an unknown key, say): the log line is all
+        event = ErrorEvent(time.time(), str(err.code), err.detail, protocol, client, target)
         log = self.recent.get(package_id)
         if log is None:
             log = self.recent[package_id] = deque(maxlen=RECENT_ERRORS)

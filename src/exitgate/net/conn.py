@@ -14,8 +14,8 @@ byte pump. The two phases want different machinery:
   pauses reading on this side, and `resume_writing` resumes it. A half-close (EOF) is passed on
   with `write_eof`; the pair closes once both directions ended or either side is lost.
 
-Each direction's byte count is kept on the receiving side (`relayed`), and an optional `tap`
-is called per chunk for live metering (traffic caps), so nothing is counted twice.
+Each direction's bytes go to an optional `tap` on the receiving side, called per chunk for
+live metering (traffic caps), so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ class Conn(asyncio.Protocol):
         "eof",
         "on_lost",
         "peer",
-        "relayed",
         "tap",
         "transport",
     )
@@ -57,7 +56,6 @@ class Conn(asyncio.Protocol):
         self.eof = False
         self.closed = False
         self.peer: Conn | None = None
-        self.relayed = 0  # bytes received while splicing (forwarded to the peer)
         self.tap: Callable[[int], None] | None = None
         self.on_lost: Callable[[], None] | None = None  # called once the connection is gone
         self._on_made = on_made
@@ -82,10 +80,8 @@ class Conn(asyncio.Protocol):
         if peer is not None:
             if peer.transport is not None and not peer.closed:
                 peer.transport.write(data)
-            n = len(data)
-            self.relayed += n
             if self.tap is not None:
-                self.tap(n)
+                self.tap(len(data))
             return
         self.buffer += data
         if len(self.buffer) > MAX_BUFFER and self.transport is not None:
@@ -277,7 +273,6 @@ def splice(a: Conn, b: Conn, done: Callable[[], None]) -> None:
             chunk = bytes(src.buffer)
             src.buffer.clear()
             dst.write(chunk)
-            src.relayed += len(chunk)
             if src.tap is not None:
                 src.tap(len(chunk))
     a.peer, b.peer = b, a

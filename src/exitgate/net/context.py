@@ -19,7 +19,8 @@ from exitgate.settings import ExitSettings, ProxySettings
 log = logging.getLogger("exitgate.proxy")
 
 
-def _uncounted(n: int) -> None:
+def uncounted(n: int) -> None:
+    """The tick of a byte count nobody keeps (metering off, or before a request)."""
     return None
 
 
@@ -58,5 +59,5 @@ class ProxyContext:
     @staticmethod
     def ticks(meter: Meter | None) -> tuple[Callable[[int], None], Callable[[int], None]]:
         if meter is None:
-            return _uncounted, _uncounted
+            return uncounted, uncounted
         return meter.tick_up, meter.tick_down

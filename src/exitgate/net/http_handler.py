@@ -22,7 +22,7 @@ from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.model import Node, Protocol, Target
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
-from exitgate.net.context import ProxyContext
+from exitgate.net.context import ProxyContext, uncounted
 from exitgate.net.relay import start_tunnel
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
@@ -59,10 +59,6 @@ class _Kept:
     node: Node
     target: Target
     conn: Conn
-
-
-def _uncounted(n: int) -> None:
-    return None
 
 
 def plain_response(status: int, reason: str, text: str) -> bytes:
@@ -166,8 +162,8 @@ class HttpSession:
         self.conn = conn
         self.client = conn.peername[0]
         self.kept: _Kept | None = None
-        self.tick_up: Callable[[int], None] = _uncounted
-        self.tick_down: Callable[[int], None] = _uncounted
+        self.tick_up: Callable[[int], None] = uncounted
+        self.tick_down: Callable[[int], None] = uncounted
         self.session_header = b""
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
