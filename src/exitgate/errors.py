@@ -43,6 +43,9 @@ class Code(enum.StrEnum):
     BOUND_NODE_FAILED = "BOUND_NODE_FAILED"
     GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"
     TARGET_UNREACHABLE = "TARGET_UNREACHABLE"
+    # Not on the seed page: exitgate's own defences (issue 12), catalogued like the rest.
+    AUTH_THROTTLED = "AUTH_THROTTLED"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 
 
 class SocksReply(enum.IntEnum):
@@ -156,6 +159,14 @@ CATALOGUE: dict[Code, ErrorSpec] = {
     Code.TARGET_UNREACHABLE: ErrorSpec(
         502, "Bad Gateway", "Target unreachable", "destination_unavailable",
         _S.HOST_UNREACHABLE, False,
+    ),
+    Code.AUTH_THROTTLED: ErrorSpec(
+        429, "Too Many Requests", "Too many failed authentications from this address",
+        "http_request_denied", _S.NOT_ALLOWED, True,
+    ),
+    Code.TOO_MANY_CONNECTIONS: ErrorSpec(
+        503, "Service Unavailable", "Connection limit reached", "connection_limit_reached",
+        _S.GENERAL_FAILURE, False,
     ),
 }
 
