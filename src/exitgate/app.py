@@ -31,6 +31,7 @@ from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
 from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
+from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
 from exitgate.registry import Registry, Snapshot
@@ -118,6 +119,7 @@ class Gateway:
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.recorder = Recorder()
+        self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
         self.usage: UsageService | None = None

@@ -1,0 +1,1 @@
+"""What the gateway shows about itself: live figures, metrics, the access log."""
