@@ -43,6 +43,7 @@ from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.counters import Counters, open_counters
+from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
 from exitgate.tasks import spawn
 
@@ -50,6 +51,7 @@ log = logging.getLogger("exitgate")
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 HUB_TOKEN_FILE = "hub.token"  # noqa: S105 - a file name
 REFRESH_SECONDS = 2.0  # how often an instance on a shared database re-reads accounts
+CLOCK_SYNC_SECONDS = 30.0  # how often the session clock re-measures its offset to Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class Gateway:
         self.hub: Hub | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._clock_sync: asyncio.Task[None] | None = None
         self.recorder = Recorder()
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
@@ -157,6 +160,30 @@ class Gateway:
             except Exception as exc:  # a shared backend's hiccup: the next round retries
                 log.warning("session expiry failed: %s", exc)
 
+    async def _share_sessions(self) -> None:
+        """Sessions in Redis (issue 9): any instance keeps, rotates, lists and ends any session,
+        on Redis's clock rather than this host's."""
+        store = RedisSessionStore(
+            self.settings.store.redis_url,
+            self.settings.sessions.idle_timeout,
+            prefix=self.settings.store.redis_prefix,
+        )
+        clock = RedisClock(store.redis)
+        try:
+            await clock.sync()
+        except Exception as exc:  # Redis down at start: local time until the next sync
+            log.warning("Redis clock not read (%s): using this host's clock for now", exc)
+        self.sessions = SessionTable(store, clock)
+        self._clock_sync = spawn(self._sync_clock(clock), "redis-clock")
+
+    async def _sync_clock(self, clock: RedisClock) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_SYNC_SECONDS)
+            try:
+                await clock.sync()
+            except Exception as exc:
+                log.warning("Redis clock sync failed: %s", exc)
+
     async def start(self) -> Bound:
         settings = self.settings
         self.store = store = await asyncio.to_thread(open_store, settings.store.url)
@@ -165,8 +192,10 @@ class Gateway:
         self.service = AccountService(store, self.registry)
         self.usage = UsageService(self.service, settings.billing)
         await self.usage.start()
-        self.counters = open_counters(settings.store.redis_url)
-        self.limiter = Limiter(self.counters)
+        self.counters = open_counters(settings.store.redis_url, settings.store.redis_prefix)
+        self.limiter = Limiter(self.counters, lease_ttl=settings.store.lease_ttl)
+        if settings.store.redis_url:
+            await self._share_sessions()
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
@@ -298,7 +327,7 @@ class Gateway:
             await self.proxy.close(grace)
         if self.hub is not None:
             await self.hub.close(grace)
-        for task in (self._expiry, self._refresh):
+        for task in (self._expiry, self._refresh, self._clock_sync):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -309,6 +338,9 @@ class Gateway:
             await self.usage.close()
         if self.counters is not None:
             await self.counters.close()
+        closer = getattr(self.sessions.store, "close", None)
+        if closer is not None:
+            await closer()
         if self._admin is not None and self._admin_task is not None:
             self._admin.should_exit = True
             with contextlib.suppress(Exception):

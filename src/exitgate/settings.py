@@ -88,6 +88,10 @@ class HubSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///exitgate.db"
     redis_url: str = ""
+    redis_prefix: str = Field(default="eg:", max_length=64)  # every Redis key starts with it
+    # concurrency slots are leases renewed every lease_ttl/3: a killed instance's slots
+    # return within lease_ttl
+    lease_ttl: float = Field(default=15.0, ge=3.0, le=3600.0)
 
     @field_validator("url")
     @classmethod
