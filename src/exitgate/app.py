@@ -217,6 +217,8 @@ class Gateway:
             self.service,
             self.registry,
             allow_private=settings.exit.allow_private,
+            # several instances on one database: never sweep agents another instance holds
+            shared_store=not settings.store.url.startswith("sqlite"),
         )
         dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
         self.router = Router(self.index, self.health, self.sessions)

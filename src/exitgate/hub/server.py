@@ -195,10 +195,21 @@ class Hub:
         link.agent_id = hello.agent_id
         link.ip = hello.ip or link.peer.rpartition(":")[0].strip("[]")
         previous = self.live.get(hello.agent_id)
+        if previous is not None and previous.alive(time.monotonic()):
+            # Two live agents claiming one id would knock each other off forever. The one
+            # connected keeps its place; the newcomer is refused as transient (it backs off
+            # and retries, and gets in once the other is really gone: a restarted agent's old
+            # connection is declared dead within the silence timeout).
+            reason = (
+                f"agent id {hello.agent_id} is already connected from {previous.peer}; "
+                "give each agent its own --id or --state-file"
+            )
+            self.refuse(link, HelloError(RefusalKind.BUSY, reason), hello.agent_id)
+            return
         self.live[hello.agent_id] = link
         if previous is not None:
             log.warning(
-                "agent %s connected again from %s; closing its connection from %s",
+                "agent %s connected again from %s; closing its silent connection from %s",
                 hello.agent_id, link.peer, previous.peer,
             )
             previous.fail("replaced by a newer connection", goaway=ErrorCodes.NO_ERROR)
