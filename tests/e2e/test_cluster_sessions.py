@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.test_scale_out import _wait, shared_urls  # noqa: F401 - the fixture
+from tests.e2e.test_scale_out import _wait
 from tests.support.gateway import GatewayThread
 from tests.support.origin import Origin
 
