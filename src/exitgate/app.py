@@ -22,9 +22,12 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import APIRouter, HTTPException
+from redis.asyncio import Redis
 
 from exitgate.admin.api import create_admin_app
 from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.cluster.directory import AgentDirectory
+from exitgate.cluster.interlink import Interlink
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
@@ -121,6 +124,7 @@ class Gateway:
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._clock_sync: asyncio.Task[None] | None = None
+        self.interlink: Interlink | None = None
         self.recorder = Recorder()
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
@@ -183,6 +187,20 @@ class Gateway:
                 await clock.sync()
             except Exception as exc:
                 log.warning("Redis clock sync failed: %s", exc)
+
+    async def _join_cluster(self, hub: Hub, hub_token: str) -> None:
+        """The agent directory and the interlink (issue 9): agents held here serve the other
+        instances' requests, and theirs serve ours."""
+        cluster = self.settings.cluster
+        redis = Redis.from_url(self.settings.store.redis_url)
+        directory = AgentDirectory(
+            redis, f"inst-{secrets.token_hex(6)}", "",
+            prefix=self.settings.store.redis_prefix, ttl=cluster.directory_ttl,
+        )
+        self.interlink = Interlink(hub, directory, cluster.token or hub_token)
+        host, port = await self.interlink.start(cluster.listen)
+        directory.addr = cluster.advertise or f"{host}:{port}"
+        log.info("cluster interlink on %s:%d as %s", host, port, directory.instance)
 
     async def start(self) -> Bound:
         settings = self.settings
@@ -247,6 +265,8 @@ class Gateway:
             extra.append(await self.proxy.listen(settings.proxy.socks5_listen, "socks5"))
 
         hub_bound = await self.hub.start() if settings.hub.listen else None
+        if settings.cluster.listen and settings.store.redis_url:
+            await self._join_cluster(self.hub, hub_token)
         self.token, self.token_generated = admin_token(settings)
         admin_bound = await self._start_admin()
         return Bound(proxy_bound, admin_bound, tuple(extra), hub_bound)
@@ -328,7 +348,10 @@ class Gateway:
         if self.proxy is not None:
             await self.proxy.close(grace)
         if self.hub is not None:
-            await self.hub.close(grace)
+            await self.hub.close(grace)  # the directory still answers `held_elsewhere` here
+        if self.interlink is not None:
+            await self.interlink.close()
+            await self.interlink.directory.redis.aclose()
         for task in (self._expiry, self._refresh, self._clock_sync):
             if task is not None:
                 task.cancel()

@@ -53,13 +53,16 @@ class Snapshot:
 
     @classmethod
     def read(cls, store: AccountStore) -> Snapshot:
-        """Blocking: call it in a worker thread when the loop is running."""
-        return cls(
-            orgs=tuple(store.list_orgs()),
-            packages=tuple(store.list_packages()),
-            nodes=tuple(store.list_nodes()),
-            names=store.geo_names(),
-        )
+        """Blocking: call it in a worker thread when the loop is running.
+
+        Packages are read before organizations: an organization is created before its
+        packages, so every package read has its organization in the later read (reading them
+        the other way round, a package made in between had no organization: 407 SUSPENDED
+        on the other instances until the next refresh)."""
+        packages = tuple(store.list_packages())
+        nodes = tuple(store.list_nodes())
+        orgs = tuple(store.list_orgs())
+        return cls(orgs=orgs, packages=packages, nodes=nodes, names=store.geo_names())
 
 
 class Registry:

@@ -85,6 +85,22 @@ class HubSettings(_Section):
         return v if v == "" else _check_listen(v)
 
 
+class ClusterSettings(_Section):
+    """Several instances as one network (needs `[store] redis_url`): agents held by one
+    instance serve requests admitted by any other, over the interlink."""
+
+    listen: str = ""  # the interlink listener; "": this instance neither forwards nor carries
+    advertise: str = ""  # host:port the other instances dial; "": the bound listen address
+    token: str = ""  # shared by the instances; "": the hub token
+    directory_ttl: float = Field(default=6.0, ge=1.0, le=300.0)  # a dead instance's agents
+    # leave the directory within this
+
+    @field_validator("listen", "advertise")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return v if v == "" else _check_listen(v)
+
+
 class StoreSettings(_Section):
     url: str = "sqlite:///exitgate.db"
     redis_url: str = ""
@@ -150,6 +166,7 @@ class Settings(_Section):
     proxy: ProxySettings = ProxySettings()
     admin: AdminSettings = AdminSettings()
     hub: HubSettings = HubSettings()
+    cluster: ClusterSettings = ClusterSettings()
     store: StoreSettings = StoreSettings()
     exit: ExitSettings = ExitSettings()
     sessions: SessionSettings = SessionSettings()
