@@ -45,6 +45,7 @@ from exitgate.routing.sessions import SessionTable
 from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
+from exitgate.store.changes import ChangeFeed
 from exitgate.store.counters import Counters, open_counters
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
@@ -125,6 +126,7 @@ class Gateway:
         self._refresh: asyncio.Task[None] | None = None
         self._clock_sync: asyncio.Task[None] | None = None
         self.interlink: Interlink | None = None
+        self.changes: ChangeFeed | None = None
         self.recorder = Recorder()
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
@@ -146,14 +148,24 @@ class Gateway:
             self.index.upsert(node)
 
     async def _refresh_registry(self, store: AccountStore) -> None:
+        """Re-read the shared database when another instance announced a change (`ChangeFeed`),
+        and every REFRESH_SECONDS whatever. A snapshot read while a local write landed is
+        dropped and read again: it may predate that write."""
+        nudge = self.changes.wanted if self.changes is not None else asyncio.Event()
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            try:
-                snapshot = await asyncio.to_thread(Snapshot.read, store)
-            except Exception as exc:
-                log.warning("registry refresh failed: %s", exc)
-                continue
-            self.registry.apply(snapshot)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nudge.wait(), REFRESH_SECONDS)
+            nudge.clear()
+            for _ in range(5):
+                generation = self.registry.generation
+                try:
+                    snapshot = await asyncio.to_thread(Snapshot.read, store)
+                except Exception as exc:
+                    log.warning("registry refresh failed: %s", exc)
+                    break
+                if self.registry.generation == generation:
+                    self.registry.apply(snapshot)
+                    break
 
     async def _expire_sessions(self) -> None:
         interval = min(5.0, self.settings.sessions.idle_timeout / 2)
@@ -214,6 +226,11 @@ class Gateway:
         self.limiter = Limiter(self.counters, lease_ttl=settings.store.lease_ttl)
         if settings.store.redis_url:
             await self._share_sessions()
+            self.changes = ChangeFeed(
+                Redis.from_url(settings.store.redis_url), prefix=settings.store.redis_prefix
+            )
+            self.registry.on_write = self.changes.changed
+            self.changes.start()
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
@@ -352,6 +369,10 @@ class Gateway:
         if self.interlink is not None:
             await self.interlink.close()
             await self.interlink.directory.redis.aclose()
+        if self.changes is not None:
+            self.registry.on_write = None
+            await self.changes.close()
+            await self.changes.redis.aclose()
         for task in (self._expiry, self._refresh, self._clock_sync):
             if task is not None:
                 task.cancel()
