@@ -47,6 +47,7 @@ from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.changes import ChangeFeed
 from exitgate.store.counters import Counters, open_counters
+from exitgate.store.redis_errors import RedisErrorLog
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
 from exitgate.tasks import spawn
@@ -127,6 +128,7 @@ class Gateway:
         self._clock_sync: asyncio.Task[None] | None = None
         self.interlink: Interlink | None = None
         self.changes: ChangeFeed | None = None
+        self.error_log: RedisErrorLog | None = None
         self.recorder = Recorder()
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
@@ -231,6 +233,10 @@ class Gateway:
             )
             self.registry.on_write = self.changes.changed
             self.changes.start()
+            self.error_log = RedisErrorLog(
+                Redis.from_url(settings.store.redis_url), prefix=settings.store.redis_prefix
+            )
+            self.recorder.sink = self.error_log.add
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
@@ -293,6 +299,7 @@ class Gateway:
         recorder = self.recorder
         registry = self.registry
         sessions = self.sessions
+        shared_errors = self.error_log
 
         def known(package_id: str) -> None:
             if registry.package(package_id) is None:
@@ -301,6 +308,11 @@ class Gateway:
         @router.get("/v1/packages/{package_id}/errors", tags=["packages"])
         async def package_errors(package_id: str) -> list[dict[str, object]]:
             known(package_id)
+            if shared_errors is not None:
+                try:
+                    return await shared_errors.recent(package_id)  # every instance's errors
+                except Exception as exc:
+                    log.warning("shared errors log unreadable, showing this instance's: %s", exc)
             return recorder.recent_errors(package_id)
 
         @router.get("/v1/sessions", tags=["sessions"])
@@ -369,6 +381,10 @@ class Gateway:
         if self.interlink is not None:
             await self.interlink.close()
             await self.interlink.directory.redis.aclose()
+        if self.error_log is not None:
+            self.recorder.sink = None
+            await self.error_log.close()
+            await self.error_log.redis.aclose()
         if self.changes is not None:
             self.registry.on_write = None
             await self.changes.close()

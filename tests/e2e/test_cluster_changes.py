@@ -11,7 +11,7 @@ import requests
 from exitgate.model import NodeState, PackageStatus
 from exitgate.store.base import NodeUpdate, PackageUpdate
 from tests.support.agents import wait_until
-from tests.support.gateway import GatewayThread
+from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.origin import Origin
 
 
@@ -53,6 +53,30 @@ def test_admin_changes_reach_every_instance_within_a_second(
 
         a.call(a.service.update_node(node.id, NodeUpdate(state=NodeState.OFFLINE)))
         _within(1.0, lambda: _code(b, origin, "country-us", new_key) == "NODE_NOT_FOUND")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_any_instance_shows_a_packages_errors(tmp_path: Path, shared_urls, origin: Origin) -> None:
+    pg, rd = shared_urls
+    store = {"url": pg, "redis_url": rd}
+    a = GatewayThread(tmp_path / "a", store=store)
+    b = GatewayThread(tmp_path / "b", store=store)
+    try:
+        a.direct_node(bind="127.0.0.2", country="us")
+        pkg, key = a.package()
+        wait_until(lambda: b.gateway.registry.package(pkg.id) is not None, timeout=5)
+        assert _code(b, origin, "country-de", key) == "NODE_NOT_FOUND"  # an error on B
+
+        def seen_on_a() -> bool:
+            r = requests.get(f"{a.bound.admin_url}/v1/packages/{pkg.id}/errors",
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+            return r.status_code == 200 and any(
+                e["code"] == "NODE_NOT_FOUND" for e in r.json())
+
+        wait_until(seen_on_a, timeout=2)
+        assert a.gateway.recorder.recent_errors(pkg.id) == []  # not A's own: the shared log
     finally:
         a.stop()
         b.stop()
