@@ -47,6 +47,7 @@ from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.changes import ChangeFeed
 from exitgate.store.counters import Counters, open_counters
+from exitgate.store.degraded import FailoverCounters
 from exitgate.store.redis_errors import RedisErrorLog
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
@@ -225,6 +226,8 @@ class Gateway:
         self.usage = UsageService(self.service, settings.billing)
         await self.usage.start()
         self.counters = open_counters(settings.store.redis_url, settings.store.redis_prefix)
+        if isinstance(self.counters, FailoverCounters):
+            self.counters.start()
         self.limiter = Limiter(self.counters, lease_ttl=settings.store.lease_ttl)
         if settings.store.redis_url:
             await self._share_sessions()

@@ -29,7 +29,8 @@ def test_sessions_hold_across_instances(tmp_path: Path, shared_urls, origin: Ori
         pkg, key = a.package()
         # every instance sees both nodes before the test leans on them
         for gw in (b, c):
-            assert _wait(lambda gw=gw: len(gw.gateway.index) >= 2)  # type: ignore[misc]
+            assert _wait(lambda gw=gw: len(gw.gateway.index) >= 2  # type: ignore[misc]
+                         and gw.gateway.registry.package(pkg.id) is not None)
 
         # a session keeps its exit whichever instance serves it
         seen = {_ip(gws[i % 3], origin, "country-us-session-x1", key) for i in range(9)}

@@ -146,7 +146,8 @@ def open_counters(redis_url: str = "", prefix: str = "eg:") -> Counters:
     if not redis_url:
         return MemoryCounters()
     if redis_url.startswith(("redis://", "rediss://", "unix://")):
+        from exitgate.store.degraded import FailoverCounters
         from exitgate.store.redis_counters import RedisCounters
 
-        return RedisCounters(redis_url, prefix=prefix)
+        return FailoverCounters(RedisCounters(redis_url, prefix=prefix))
     raise ValueError("redis_url must start with redis://, rediss:// or unix://")

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.counters")
+REDIS_TIMEOUT = 1.0  # seconds: connect and each command
 
 _TAKE = """
 local rate = tonumber(ARGV[1])
@@ -84,7 +85,10 @@ class RedisCounters:
     """`Counters` over one Redis server (redis-py's asyncio client, pooled connections)."""
 
     def __init__(self, url: str, *, prefix: str = "eg:", client: Redis | None = None) -> None:
-        self.redis: Redis = client if client is not None else Redis.from_url(url)
+        # bounded waits: a hung Redis must not stall admission (FailoverCounters takes over)
+        self.redis: Redis = client if client is not None else Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
         self.prefix = prefix
         self._take = self.redis.register_script(_TAKE)
         self._acquire = self.redis.register_script(_ACQUIRE)

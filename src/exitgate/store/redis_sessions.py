@@ -190,7 +190,9 @@ class RedisSessionStore:
     ) -> None:
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
-        self.redis: Redis = client if client is not None else Redis.from_url(url)
+        self.redis: Redis = client if client is not None else Redis.from_url(
+            url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
         self._idle = idle_timeout
         self._idle_us = _us(idle_timeout)
         self.prefix = prefix
