@@ -1,8 +1,9 @@
 """`AccountStore` over SQLAlchemy Core: one code path for SQLite and PostgreSQL.
 
-Tables are created on open (`create_all` is idempotent). SQLite runs in WAL mode with a busy
-timeout, and this process serialises its own SQLite transactions with a lock: SQLite has one
-writer anyway, and a lock turns "database is locked" races between our threads into waits.
+Tables are created or upgraded on open (alembic, store/migrate.py). SQLite runs in WAL mode
+with a busy timeout, and this process serialises its own SQLite transactions with a lock:
+SQLite has one writer anyway, and a lock turns "database is locked" races between our threads
+into waits.
 `sqlite://` (in memory) keeps one connection for the life of the store, since each new
 connection to `:memory:` would be a new, empty database. PostgreSQL goes through psycopg 3
 (`postgresql://` is rewritten to `postgresql+psycopg://`); its transactions need no lock.
@@ -58,11 +59,11 @@ from exitgate.store.base import (
     UsageTotals,
 )
 from exitgate.store.keys import new_id
+from exitgate.store.migrate import upgrade
 from exitgate.store.sql_schema import (
     ROWS_PER_STATEMENT,
     engine_for,
     geo_table,
-    metadata,
     nodes,
     orgs,
     packages,
@@ -81,7 +82,7 @@ class SqlStore:
         self.engine = engine_for(url)
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.Lock() if self._is_sqlite else None
-        metadata.create_all(self.engine)
+        upgrade(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
