@@ -25,6 +25,7 @@ from fastapi import APIRouter, HTTPException
 
 from exitgate.admin.api import create_admin_app
 from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.auth_reports import report_failures, throttle_from
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
@@ -119,6 +120,8 @@ class Gateway:
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.recorder = Recorder()
+        self.throttle = throttle_from(settings.auth)  # failed authentications per address
+        self._auth_log: asyncio.Task[None] | None = None
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
@@ -180,8 +183,13 @@ class Gateway:
             allow_ports=frozenset(settings.exit.allow_ports),
         )
         admission = Admission(
-            self.registry, policy, limits=gate5, credits_exhausted=metering.out_of_credits
+            self.registry,
+            policy,
+            limits=gate5,
+            credits_exhausted=metering.out_of_credits,
+            throttle=self.throttle,
         )
+        self._auth_log = spawn(report_failures(self.throttle), "auth-failure-log")
         hub_token, _ = stored_secret(settings, settings.hub.token, HUB_TOKEN_FILE)
         self.hub = build_hub(
             settings.hub.model_copy(update={"token": hub_token}),
@@ -273,6 +281,7 @@ class Gateway:
             extra_routers=self._routers(),
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
+            max_body_bytes=self.settings.admin.max_body_bytes,
         )
         host, port = split_hostport(self.settings.admin.listen)
         # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,
@@ -298,7 +307,7 @@ class Gateway:
             await self.proxy.close(grace)
         if self.hub is not None:
             await self.hub.close(grace)
-        for task in (self._expiry, self._refresh):
+        for task in (self._expiry, self._refresh, self._auth_log):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
