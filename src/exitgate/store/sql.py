@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
 from exitgate.model import (
+    AuthMode,
     IPNetwork,
     Limits,
     Network,
@@ -60,6 +61,7 @@ from exitgate.store.base import (
 from exitgate.store.keys import new_id
 from exitgate.store.sql_schema import (
     ROWS_PER_STATEMENT,
+    add_missing_columns,
     engine_for,
     geo_table,
     metadata,
@@ -82,6 +84,7 @@ class SqlStore:
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.Lock() if self._is_sqlite else None
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -148,6 +151,7 @@ class SqlStore:
                     protocols=sorted(p.value for p in new.protocols),
                     networks=sorted(n.value for n in new.networks),
                     rules=None if new.rules is None else sorted(new.rules),
+                    auth_mode=new.auth_mode.value,
                     created_at=time.time(),
                 )
             )
@@ -177,6 +181,8 @@ class SqlStore:
             values["networks"] = sorted(n.value for n in update.networks)
         if update.rules is not UNSET:
             values["rules"] = None if update.rules is None else sorted(update.rules)
+        if update.auth_mode is not UNSET:
+            values["auth_mode"] = update.auth_mode.value
         with self._tx() as conn:
             self._update(conn, packages, "package", package_id, values)
             return self._package(conn, package_id)
@@ -465,6 +471,7 @@ def _package_from(row: RowMapping) -> Package:
         protocols=frozenset(Protocol(p) for p in row["protocols"]),
         networks=frozenset(Network(n) for n in row["networks"]),
         rules=None if rules is None else frozenset(rules),
+        auth_mode=AuthMode(row["auth_mode"] or AuthMode.KEY_OR_IP),
     )
 
 

@@ -43,6 +43,9 @@ packages = sa.Table(
     sa.Column("networks", sa.JSON, nullable=False),
     sa.Column("rules", sa.JSON(none_as_null=True), nullable=True),  # NULL: every rule
     sa.Column("created_at", sa.Float, nullable=False),
+    # issue 12; NULL (a row from before the column): key_or_ip. `add_missing_columns` adds it
+    # to an older database at open.
+    sa.Column("auth_mode", sa.String(16), nullable=True, server_default="key_or_ip"),
 )
 
 nodes = sa.Table(
@@ -99,6 +102,26 @@ usage_totals = sa.Table(
     sa.Column("requests", sa.BigInteger, nullable=False),
 )
 
+
+# Columns added after a table's first release: (table, column), added at open when missing.
+LATE_COLUMNS: tuple[tuple[sa.Table, str], ...] = ((packages, "auth_mode"),)
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """`create_all` creates missing tables only: give an older database the later columns
+    (nullable, with a default, so old rows need no rewrite)."""
+    inspector = sa.inspect(engine)
+    for table, name in LATE_COLUMNS:
+        if name in {c["name"] for c in inspector.get_columns(table.name)}:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=engine.dialect)
+        default = column.server_default
+        text = f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"
+        if isinstance(default, sa.DefaultClause) and isinstance(default.arg, str):
+            text += f" DEFAULT '{default.arg}'"
+        with engine.begin() as conn:
+            conn.execute(sa.text(text))
 
 
 def engine_for(url: str) -> Engine:
