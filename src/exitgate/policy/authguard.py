@@ -46,7 +46,8 @@ class FailureReport:
         text = f"{self.address}: {self.failed:,} failed authentications"
         if self.refused:
             text += f" and {self.refused:,} throttled attempts"
-        text += f" in the last {self.seconds:.0f} s"
+        seconds = f"{self.seconds:.0f}" if self.seconds >= 10 else f"{self.seconds:.1f}"
+        text += f" in the last {seconds} s"
         return text + (" (blocked)" if self.blocked else "")
 
 
