@@ -27,7 +27,9 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 RULES = "country-de-session-mode1"
 
 
-def _urllib_get(gw: GatewayThread, url: str, user: str, key: str) -> tuple[int, Any, dict[str, str]]:
+def _urllib_get(
+    gw: GatewayThread, url: str, user: str, key: str
+) -> tuple[int, Any, dict[str, str]]:
     """urllib as applications use it: credentials in a password manager, sent on a 407."""
     proxy = f"http://{gw.proxy_host}:{gw.proxy_port}"
     passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
@@ -72,7 +74,7 @@ def test_key_mode_allowlist_still_restricts_where_from(two_exits: GatewayThread,
     gw = two_exits
     elsewhere = (ipaddress.ip_network("10.9.9.9/32"),)
     _, key = gw.package(ip_allowlist=elsewhere, auth_mode=AuthMode.KEY)
-    status, body, headers = _urllib_get(gw, f"{origin.url}/ip", RULES, key)
+    status, _, headers = _urllib_get(gw, f"{origin.url}/ip", RULES, key)
     assert status == 407 and headers["X-SOAX-Error"] == "IP_NOT_ALLOWED"
 
 
@@ -80,7 +82,7 @@ def test_default_mode_is_spec_4(two_exits: GatewayThread, origin: Origin) -> Non
     """key_or_ip: the allowlisted address alone is enough (urllib then never sends its key)."""
     gw = two_exits
     _, key = gw.package(ip_allowlist=LOOPBACK)
-    status, body, headers = _urllib_get(gw, f"{origin.url}/ip", RULES, key)
+    status, _, headers = _urllib_get(gw, f"{origin.url}/ip", RULES, key)
     assert status == 200 and "X-Exitgate-Session" not in headers  # served as country-any
     r = httpx.get(f"{origin.url}/ip", proxy=gw.proxy_url(RULES, key))
     assert r.status_code == 200 and r.json()["ip"] == "127.0.0.3"
