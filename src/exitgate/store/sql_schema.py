@@ -117,7 +117,9 @@ def add_missing_columns(engine: Engine) -> None:
         column = table.c[name]
         kind = column.type.compile(dialect=engine.dialect)
         default = column.server_default
-        text = f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"
+        # PostgreSQL: another instance may be adding it at the same moment
+        exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+        text = f"ALTER TABLE {table.name} ADD COLUMN{exists} {name} {kind}"
         if isinstance(default, sa.DefaultClause) and isinstance(default.arg, str):
             text += f" DEFAULT '{default.arg}'"
         with engine.begin() as conn:
