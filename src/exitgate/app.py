@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from exitgate.admin.api import create_admin_app
 from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.auth_reports import report_failures, throttle_from
 from exitgate.cluster.directory import AgentDirectory
 from exitgate.cluster.interlink import Interlink
 from exitgate.hub.server import Hub, build_hub
@@ -131,6 +132,8 @@ class Gateway:
         self.changes: ChangeFeed | None = None
         self.error_log: RedisErrorLog | None = None
         self.recorder = Recorder()
+        self.throttle = throttle_from(settings.auth)  # failed authentications per address
+        self._auth_log: asyncio.Task[None] | None = None
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
@@ -253,8 +256,13 @@ class Gateway:
             allow_ports=frozenset(settings.exit.allow_ports),
         )
         admission = Admission(
-            self.registry, policy, limits=gate5, credits_exhausted=metering.out_of_credits
+            self.registry,
+            policy,
+            limits=gate5,
+            credits_exhausted=metering.out_of_credits,
+            throttle=self.throttle,
         )
+        self._auth_log = spawn(report_failures(self.throttle), "auth-failure-log")
         hub_token, _ = stored_secret(settings, settings.hub.token, HUB_TOKEN_FILE)
         self.hub = build_hub(
             settings.hub.model_copy(update={"token": hub_token}),
@@ -356,6 +364,7 @@ class Gateway:
             extra_routers=self._routers(),
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
+            max_body_bytes=self.settings.admin.max_body_bytes,
         )
         host, port = split_hostport(self.settings.admin.listen)
         # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,
@@ -392,7 +401,7 @@ class Gateway:
             self.registry.on_write = None
             await self.changes.close()
             await self.changes.redis.aclose()
-        for task in (self._expiry, self._refresh, self._clock_sync):
+        for task in (self._expiry, self._refresh, self._clock_sync, self._auth_log):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

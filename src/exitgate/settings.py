@@ -66,11 +66,25 @@ class ProxySettings(_Section):
 class AdminSettings(_Section):
     listen: str = "127.0.0.1:8090"
     token: str = ""
+    # every request body, any path: larger → 413 (from Content-Length, or counted while read)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         return _check_listen(v)
+
+
+class AuthSettings(_Section):
+    """Brute-force defence (`policy.authguard`): `max_failures` wrong keys from one address
+    (an IPv6 /64) within `window` seconds block it for `cooldown` seconds (AUTH_THROTTLED);
+    0 turns blocking off. Failures are logged as one summary per address per `report_every`."""
+
+    max_failures: int = Field(default=20, ge=0)
+    window: float = Field(default=60.0, gt=0)
+    cooldown: float = Field(default=60.0, gt=0)
+    report_every: float = Field(default=10.0, gt=0)
+    max_addresses: int = Field(default=10_000, ge=1)
 
 
 class HubSettings(_Section):
@@ -165,6 +179,7 @@ class LogSettings(_Section):
 class Settings(_Section):
     proxy: ProxySettings = ProxySettings()
     admin: AdminSettings = AdminSettings()
+    auth: AuthSettings = AuthSettings()
     hub: HubSettings = HubSettings()
     cluster: ClusterSettings = ClusterSettings()
     store: StoreSettings = StoreSettings()

@@ -59,9 +59,14 @@ def test_a_fresh_database_gets_exactly_the_codes_schema(
 def test_a_database_from_before_migrations_upgrades_in_place(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = engine_for(url)
-    baseline = [t for t in metadata.sorted_tables if t.name in {
-        "orgs", "packages", "nodes", "geo_names", "usage_hours", "usage_errors", "usage_totals"}]
-    metadata.create_all(engine, tables=baseline)  # what `create_all` made before alembic
+    with engine.begin() as conn:  # what `create_all` made before alembic: the baseline
+        context = MigrationContext.configure(conn)
+        from alembic.operations import Operations
+
+        baseline = __import__(
+            "exitgate.store.migrations.versions.0001_baseline", fromlist=["upgrade"])
+        with Operations.context(context):
+            baseline.upgrade()
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO orgs (id, name, credits, created_at) VALUES ('org_1', 'acme', 5, 0)"))

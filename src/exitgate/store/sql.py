@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
 from exitgate.model import (
+    AuthMode,
     IPNetwork,
     Limits,
     Network,
@@ -149,6 +150,7 @@ class SqlStore:
                     protocols=sorted(p.value for p in new.protocols),
                     networks=sorted(n.value for n in new.networks),
                     rules=None if new.rules is None else sorted(new.rules),
+                    auth_mode=new.auth_mode.value,
                     created_at=time.time(),
                 )
             )
@@ -178,6 +180,8 @@ class SqlStore:
             values["networks"] = sorted(n.value for n in update.networks)
         if update.rules is not UNSET:
             values["rules"] = None if update.rules is None else sorted(update.rules)
+        if update.auth_mode is not UNSET:
+            values["auth_mode"] = update.auth_mode.value
         with self._tx() as conn:
             self._update(conn, packages, "package", package_id, values)
             return self._package(conn, package_id)
@@ -466,6 +470,7 @@ def _package_from(row: RowMapping) -> Package:
         protocols=frozenset(Protocol(p) for p in row["protocols"]),
         networks=frozenset(Network(n) for n in row["networks"]),
         rules=None if rules is None else frozenset(rules),
+        auth_mode=AuthMode(row["auth_mode"] or AuthMode.KEY_OR_IP),
     )
 
 
