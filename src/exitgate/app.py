@@ -264,18 +264,20 @@ class Gateway:
         )
         self._auth_log = spawn(report_failures(self.throttle), "auth-failure-log")
         hub_token, _ = stored_secret(settings, settings.hub.token, HUB_TOKEN_FILE)
+        # other instances (or `--workers`) write the same store: PostgreSQL, or SQLite + Redis
+        shared = bool(settings.store.redis_url) or not settings.store.url.startswith("sqlite")
         self.hub = build_hub(
             settings.hub.model_copy(update={"token": hub_token}),
             self.service,
             self.registry,
             allow_private=settings.exit.allow_private,
             # several instances on one database: never sweep agents another instance holds
-            shared_store=not settings.store.url.startswith("sqlite"),
+            shared_store=shared,
         )
         dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
         self.router = Router(self.index, self.health, self.sessions)
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
-        if not settings.store.url.startswith("sqlite"):
+        if shared:
             # A shared database: other instances write too. Re-read it (the registry's
             # `apply` notifies only real changes, so the node index follows cheaply).
             self._refresh = spawn(self._refresh_registry(store), "registry-refresh")
@@ -356,6 +358,8 @@ class Gateway:
         return [router]
 
     async def _start_admin(self) -> tuple[str, int]:
+        if not self.settings.admin.listen:
+            return ("", 0)  # a worker other than the first: worker 0 serves the admin API
         if self.service is None or self.usage is None:
             raise RuntimeError("start the store and usage before the admin API")
         app = create_admin_app(

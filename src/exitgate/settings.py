@@ -54,6 +54,7 @@ class ProxySettings(_Section):
     handshake_timeout: float = Field(default=10.0, gt=0)  # client head / SOCKS negotiation
     idle_timeout: float = Field(default=300.0, gt=0)  # kept-alive client connection
     max_head_size: int = Field(default=65536, ge=1024)
+    reuse_port: bool = False  # SO_REUSEPORT: several workers share the port (`--workers`)
     backlog: int = Field(default=4096, ge=16)
     metering: bool = True
 
@@ -64,7 +65,7 @@ class ProxySettings(_Section):
 
 
 class AdminSettings(_Section):
-    listen: str = "127.0.0.1:8090"
+    listen: str = "127.0.0.1:8090"  # "": no admin listener (workers other than the first)
     token: str = ""
     # every request body, any path: larger → 413 (from Content-Length, or counted while read)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
@@ -72,7 +73,7 @@ class AdminSettings(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        return _check_listen(v)
+        return v if v == "" else _check_listen(v)
 
 
 class AuthSettings(_Section):
@@ -92,6 +93,7 @@ class HubSettings(_Section):
     token: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    reuse_port: bool = False  # SO_REUSEPORT: several workers share the port (`--workers`)
 
     @field_validator("listen")
     @classmethod

@@ -112,6 +112,14 @@ class AgentDirectory:
         inst, addr, epoch = (v.decode() if isinstance(v, bytes) else str(v) for v in found)
         return Holder(inst, addr, int(epoch))
 
+    async def unheld(self, agent_ids: list[str]) -> list[str]:
+        """Those of `agent_ids` that no instance holds now."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for agent_id in agent_ids:
+                pipe.exists(self.key(agent_id))
+            found = await pipe.execute()
+        return [a for a, n in zip(agent_ids, found, strict=True) if not n]
+
     async def held_elsewhere(self, agent_id: str) -> bool:
         """Does another live instance hold this agent? (False when unsure: Redis down.)"""
         try:

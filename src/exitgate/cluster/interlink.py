@@ -180,6 +180,7 @@ class Interlink:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._orphans: set[str] = set()  # agents online in the store but held by no instance
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, listen: str) -> tuple[str, int]:
@@ -230,12 +231,31 @@ class Interlink:
 
     async def _refresh(self) -> None:
         interval = self.directory.ttl_ms / 3000
+        rounds = 0
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.directory.refresh(list(self.hub.live))
+                rounds += 1
+                if rounds % 3 == 0:  # once per TTL
+                    await self._janitor()
             except Exception as exc:
                 log.warning("agent directory refresh failed: %s", exc)
+
+    async def _janitor(self) -> None:
+        """Agent nodes left `online` by an instance that died: held by no instance for two
+        checks a TTL apart (so never one that is registering right now), they go offline.
+        An agent that any live instance holds is never touched."""
+        suspects = [
+            n.id for n in self.hub.registry.nodes.values()
+            if n.kind is NodeKind.AGENT and n.state is NodeState.ONLINE
+            and n.id not in self.hub.live
+        ]
+        orphans = set(await self.directory.unheld(suspects)) if suspects else set()
+        for agent_id in orphans & self._orphans:
+            log.info("agent %s is held by no instance: marking it offline", agent_id)
+            self.hub.book.sync(agent_id)
+        self._orphans = orphans
 
     # -- the directory follows the hub -----------------------------------------------------------
     def _on_agent(self, agent_id: str, link: object | None) -> None:

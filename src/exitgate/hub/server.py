@@ -160,6 +160,7 @@ class Hub:
             ssl_handshake_timeout=HELLO_TIMEOUT if tls else None,
             backlog=4096,
             reuse_address=True,
+            reuse_port=self.settings.reuse_port or None,
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("exitgate.store")
 
 BASELINE = "0001"
 ADVISORY_LOCK = 0x65786974_67617465  # "exitgate": one lock id for schema changes
@@ -34,6 +37,8 @@ def config(connection: Connection) -> Config:
 
 
 def upgrade(engine: Engine) -> None:
+    # alembic narrates every step at INFO; one line of ours says what changed
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     with _file_lock(engine), engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
@@ -41,7 +46,18 @@ def upgrade(engine: Engine) -> None:
         tables = set(sa.inspect(conn).get_table_names())
         if "orgs" in tables and "alembic_version" not in tables:
             command.stamp(cfg, BASELINE)
+        before = _version(conn)
         command.upgrade(cfg, "head")
+        after = _version(conn)
+        if after != before:
+            log.info("database schema upgraded: %s -> %s", before or "empty", after)
+
+
+def _version(conn: Connection) -> str | None:
+    if "alembic_version" not in sa.inspect(conn).get_table_names():
+        return None
+    found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return None if found is None else str(found)
 
 
 def current(engine: Engine) -> str | None:
