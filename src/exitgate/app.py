@@ -266,6 +266,7 @@ class Gateway:
         hub_token, _ = stored_secret(settings, settings.hub.token, HUB_TOKEN_FILE)
         # other instances (or `--workers`) write the same store: PostgreSQL, or SQLite + Redis
         shared = bool(settings.store.redis_url) or not settings.store.url.startswith("sqlite")
+        self.usage.shared = shared
         self.hub = build_hub(
             settings.hub.model_copy(update={"token": hub_token}),
             self.service,

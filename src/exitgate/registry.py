@@ -135,6 +135,9 @@ class Registry:
     def package(self, package_id: str) -> Package | None:
         return self._packages.get(package_id)
 
+    def packages(self) -> list[Package]:
+        return list(self._packages.values())
+
     def package_by_key(self, key: str) -> Package | None:
         digest = hash_key(key)
         package = self._by_hash.get(digest)
