@@ -30,13 +30,16 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from exitgate.store.sessions import SessionKey, SessionRecord
+from exitgate.store.sessions import SessionKey, SessionRecord, SessionStoreDown
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.sessions")
 
 US = 1_000_000
+DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
 
 # Shared prologue: KEYS[1] record hash, KEYS[2] package zset, KEYS[3] global zset;
 # ARGV[1] now (µs), ARGV[2] idle (µs), ARGV[3] member of the global zset, ARGV[4] session id.
@@ -206,6 +209,7 @@ class RedisSessionStore:
         self._expire = self.redis.register_script(_EXPIRE)
         self._pending: asyncio.Task[None] | None = None
         self._queued: list[tuple[SessionKey, str]] = []
+        self.down = False  # Redis unreachable at the last call (a metric shows it)
 
     @property
     def idle_timeout(self) -> float:
@@ -219,17 +223,33 @@ class RedisSessionStore:
         member = f"{key.package_id}\x00{key.session_id}"
         return [_us(now), self._idle_us, member, key.session_id, *extra]
 
+    async def _call(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """One script; Redis unreachable → SessionStoreDown (logged once per change)."""
+        try:
+            result = await script(keys=keys, args=args)
+        except DOWN as exc:
+            if not self.down:
+                self.down = True
+                log.warning("Redis unreachable (%s): sessions fall back to rendezvous hashing "
+                            "over each rule's pool until it answers again", exc)
+            raise SessionStoreDown(str(exc)) from None
+        if self.down:
+            self.down = False
+            log.info("Redis answers again: sessions are shared again")
+        return result
+
     async def _settled(self) -> None:
         while self._pending is not None:
             await asyncio.shield(self._pending)
 
     async def get(self, key: SessionKey, now: float) -> SessionRecord | None:
         await self._settled()
-        return _record(key, await self._get(keys=self._keys(key), args=self._args(key, now)))
+        return _record(key, await self._call(self._get, self._keys(key), self._args(key, now)))
 
     async def claim(self, key: SessionKey, rules: str, node_id: str, now: float) -> SessionRecord:
         await self._settled()
-        fields = await self._claim(keys=self._keys(key), args=self._args(key, now, rules, node_id))
+        args = self._args(key, now, rules, node_id)
+        fields = await self._call(self._claim, self._keys(key), args)
         record = _record(key, fields)
         if record is None:  # the script always returns a record
             raise RuntimeError("session claim returned nothing")
@@ -240,14 +260,14 @@ class RedisSessionStore:
     ) -> SessionRecord | None:
         await self._settled()
         args = self._args(key, now, rules, expected, node_id)
-        return _record(key, await self._rebind(keys=self._keys(key), args=args))
+        return _record(key, await self._call(self._rebind, self._keys(key), args))
 
     async def record(
         self, key: SessionKey, rules: str, node_id: str, now: float
     ) -> SessionRecord | None:
         await self._settled()
         args = self._args(key, now, rules, node_id)
-        return _record(key, await self._record_script(keys=self._keys(key), args=args))
+        return _record(key, await self._call(self._record_script, self._keys(key), args))
 
     def release(self, key: SessionKey, node_id: str) -> None:
         self._queued.append((key, node_id))
@@ -269,14 +289,14 @@ class RedisSessionStore:
     async def delete(self, key: SessionKey) -> bool:
         await self._settled()
         member = f"{key.package_id}\x00{key.session_id}"
-        deleted: Any = await self._delete(keys=self._keys(key), args=[key.session_id, member])
+        deleted: Any = await self._call(self._delete, self._keys(key), [key.session_id, member])
         return int(deleted) == 1
 
     async def list(self, package_id: str, now: float) -> list[SessionRecord]:
         await self._settled()
         prefix = f"{self.prefix}s:{package_id}:"
-        flat: Any = await self._list(
-            keys=[f"{self.prefix}sp:{package_id}"], args=[_us(now), self._idle_us, prefix]
+        flat: Any = await self._call(
+            self._list, [f"{self.prefix}sp:{package_id}"], [_us(now), self._idle_us, prefix]
         )
         found: list[SessionRecord] = []
         for i in range(0, len(flat), 8):
@@ -289,8 +309,8 @@ class RedisSessionStore:
 
     async def expire(self, now: float) -> int:
         await self._settled()
-        dropped: Any = await self._expire(
-            keys=[f"{self.prefix}sx"], args=[_us(now), self._idle_us, self.prefix]
+        dropped: Any = await self._call(
+            self._expire, [f"{self.prefix}sx"], [_us(now), self._idle_us, self.prefix]
         )
         return int(dropped)
 
