@@ -49,9 +49,30 @@ RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
 
 @dataclass(slots=True)
 class _BodyProgress:
-    """Whether a request body went out whole (else the connection cannot carry another)."""
+    """Whether a request body went out whole (else the connection cannot carry another), or
+    the framing error that stopped it."""
 
     complete: bool = False
+    error: HttpError | None = None
+
+
+class BodyError(Exception):
+    """A body's framing broke mid-relay. `relayed`: some of the message (its head, say)
+    already went out, so the receiver cannot be given an error answer any more."""
+
+    def __init__(self, error: HttpError, *, relayed: bool) -> None:
+        super().__init__(error.reason)
+        self.error = error
+        self.relayed = relayed
+
+
+class _Malformed(Exception):
+    """The target's response cannot be relayed (head or body framing)."""
+
+    def __init__(self, reason: str, *, relayed: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.relayed = relayed
 
 
 @dataclass(slots=True)
@@ -69,7 +90,12 @@ def plain_response(status: int, reason: str, text: str) -> bytes:
     ).encode("ascii") + body
 
 
-async def read_request_head(conn: Conn, max_size: int) -> RequestHead:
+async def read_request_head(
+    conn: Conn, max_size: int, finish_within: float | None = None
+) -> RequestHead:
+    """The next request head. With `finish_within`, the head must be complete that many
+    seconds after its first byte (the deadline until then is the caller's: the idle timeout
+    of a kept-alive connection); a head that is there at once costs no timer change."""
     buffer = conn.buffer
     while True:
         parsed = parse_request_head(buffer, max_size)
@@ -80,6 +106,9 @@ async def read_request_head(conn: Conn, max_size: int) -> RequestHead:
         # Parse again only when a line may have ended: a head trickling in byte by byte
         # must not cost a full re-parse per byte.
         while True:
+            if finish_within is not None and buffer:
+                conn.set_deadline(finish_within)
+                finish_within = None
             seen = len(buffer)
             await conn.read_more()
             if buffer.find(b"\n", max(seen - 1, 0)) != -1 or len(buffer) > max_size:
@@ -100,18 +129,24 @@ async def pump_message_body(
     past the body stay in `src.buffer` for the next message. ConnectionClosed when either side
     goes away first (for an until-close body that is its end).
 
-    `head` (already counted) goes out with the first body bytes in one write: one send
-    syscall per small response instead of two, the largest single cost of forwarding.
+    `head` goes out with the first body bytes in one write: one send syscall per small
+    response instead of two, the largest single cost of forwarding. What is written is what
+    `tick` counts, head included, so a body cut short is metered exactly as far as it went.
+    Malformed framing raises `BodyError` (nothing of the bad part is relayed).
     """
     buffer = src.buffer
     if head and (framer.done or not buffer):
         dst.write(head)
+        tick(len(head))
         head = b""
     while not framer.done:
         if not buffer:
             await src.read_more()
             continue
-        n = framer.feed(buffer)
+        try:
+            n = framer.feed(buffer)
+        except HttpError as exc:
+            raise BodyError(exc, relayed=not head) from None
         if n == len(buffer):
             chunk = bytes(buffer)
             buffer.clear()
@@ -119,6 +154,7 @@ async def pump_message_body(
             chunk = bytes(buffer[:n])
             src.consume(n)
         if head:
+            tick(len(head))
             chunk = head + chunk
             head = b""
         dst.write(chunk)
@@ -165,19 +201,18 @@ class HttpSession:
         self.tick_up: Callable[[int], None] = uncounted
         self.tick_down: Callable[[int], None] = uncounted
         self.session_header = b""
+        self._answering = False  # a final response head went (or is going) to the client
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
 
     async def run(self) -> None:
         try:
-            first = True
+            proxy = self.ctx.proxy
+            finish_within: float | None = None  # the first head: the deadline set at accept
             while True:
-                if not first:
-                    self.conn.set_deadline(self.ctx.proxy.idle_timeout)
-                first = False
                 try:
-                    head = await read_request_head(self.conn, self.ctx.proxy.max_head_size)
+                    head = await read_request_head(self.conn, proxy.max_head_size, finish_within)
                 except HttpError as exc:
                     self.conn.write(plain_response(exc.status, exc.reason, str(exc)))
                     return
@@ -187,6 +222,10 @@ class HttpSession:
                     return
                 if not await self.forward(head):
                     return
+                # A kept-alive connection (after any answer, an error too) waits for the next
+                # head up to the idle timeout; once it starts, it has the handshake timeout.
+                self.conn.set_deadline(proxy.idle_timeout)
+                finish_within = proxy.handshake_timeout
         except ConnectionClosed:
             return
         finally:
@@ -303,6 +342,7 @@ class HttpSession:
 
         meter = ctx.meter(admitted, node, stop)
         self.tick_up, self.tick_down = ctx.ticks(meter)
+        self._answering = False
         body = _BodyProgress()
         try:
             out_head = forward_request_head(head, target, path)
@@ -321,16 +361,28 @@ class HttpSession:
                         pump.cancel()  # an early answer: the rest of the body is not wanted
                     with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                         await pump
+        except _Malformed as bad:
+            self._drop_kept()
+            self._malformed(bad, admitted)
+            return False
         except GatewayError as err:
             self._drop_kept()
+            if body.error is not None:  # the target went because the request body broke
+                self._body_failed(body.error)
+                return False
             self._fail(err, target.authority, Protocol.HTTP, close=True)
             return False
         except ConnectionClosed:
             self._drop_kept()
+            if body.error is not None:
+                self._body_failed(body.error)
             return False
         finally:
             if meter is not None:
                 meter.close()
+        if body.error is not None:
+            self._body_failed(body.error)
+            return False
         if not reusable or (has_body and not body.complete):
             # unread body bytes would be taken for the next request: close instead
             self._drop_kept()
@@ -373,7 +425,44 @@ class HttpSession:
             await pump_message_body(self.conn, upstream, BodyFramer(kind, length), self.tick_up)
         except ConnectionClosed:
             return  # the client is gone: `on_lost` aborts the target side
+        except BodyError as exc:
+            # The target has a part of a body that will never end: drop it, which stops the
+            # response wait; `_exchange` then answers 400 (or closes, if answering already).
+            progress.error = exc.error
+            upstream.abort()
+            return
         progress.complete = True
+
+    def _body_failed(self, error: HttpError) -> None:
+        """A malformed request body: one (rate-limited) warning; 400 unless the response
+        already started, then the connection just closes (the caller closes it)."""
+        self.ctx.warnings.warning("malformed request body", self.client, error.reason)
+        if self._answering:
+            self.conn.abort()  # a response is half out: do not let it look complete
+        else:
+            text = f"Malformed request body: {error.reason}"
+            self.conn.write(plain_response(error.status, error.phrase, text))
+
+    def _malformed(self, bad: _Malformed, admitted: Admitted) -> None:
+        """A target sent what cannot be relayed: 502 TARGET_UNREACHABLE while nothing went to
+        the client, else both sides close. One warning line (rate-limited per address)."""
+        target = admitted.target.authority
+        err = GatewayError(
+            Code.TARGET_UNREACHABLE,
+            f"{target} sent a malformed response: {bad.reason}",
+            proxy_status="http_protocol_error",
+        )
+        err.package_id = admitted.package.id
+        self.ctx.warnings.warning("malformed response", self.client, f"{target}: {bad.reason}")
+        # recorded for the package like any error, but without `rejected`'s INFO line
+        self.ctx.recorder.error(
+            err.package_id, err, protocol=Protocol.HTTP, client=self.client, target=target
+        )
+        self.ctx.usage.error(admitted.package.id, err.code)
+        if bad.relayed:
+            self.conn.close()
+        else:
+            self.conn.write(http_error_response(err, close=True))
 
     async def _relay_response(
         self, upstream: Conn, request: RequestHead, node: Node, target: Target
@@ -406,12 +495,11 @@ class HttpSession:
                 proxy_status="http_response_incomplete",
             ) from None
         except HttpError as exc:
-            raise GatewayError(
-                Code.TARGET_UNREACHABLE,
-                f"{target.authority} sent an invalid response: {exc.reason}",
-                proxy_status="http_protocol_error",
-            ) from None
-        kind, length = response_body(response, request.method)
+            raise _Malformed(exc.reason, relayed=False) from None
+        try:
+            kind, length = response_body(response, request.method)
+        except HttpError as exc:
+            raise _Malformed(exc.reason, relayed=False) from None
         reusable = (
             kind is not BodyKind.UNTIL_CLOSE
             and response_keep_alive(response)
@@ -422,7 +510,7 @@ class HttpSession:
         )
         if self.session_header:
             out_head = out_head[:-2] + self.session_header + b"\r\n"
-        self.tick_down(len(out_head))
+        self._answering = True
         await self._pump_response_body(upstream, kind, length, out_head)
         return reusable
 
@@ -432,6 +520,8 @@ class HttpSession:
         framer = BodyFramer(kind, length)
         try:
             await pump_message_body(upstream, self.conn, framer, self.tick_down, head)
+        except BodyError as exc:
+            raise _Malformed(exc.error.reason, relayed=exc.relayed) from None
         except ConnectionClosed:
             if kind is not BodyKind.UNTIL_CLOSE or not upstream.eof:
                 raise
