@@ -55,6 +55,10 @@ class ProxySettings(_Section):
     idle_timeout: float = Field(default=300.0, gt=0)  # kept-alive client connection
     max_head_size: int = Field(default=65536, ge=1024)
     backlog: int = Field(default=4096, ge=16)
+    # open client connections: in all (0: derived from the descriptor limit, see net/caps.py)
+    # and per client address (0: no cap); over a cap, HTTP 503 TOO_MANY_CONNECTIONS
+    max_connections: int = Field(default=0, ge=0)
+    max_connections_per_ip: int = Field(default=256, ge=0)
     metering: bool = True
 
     @field_validator("listen", "http_listen", "socks5_listen")

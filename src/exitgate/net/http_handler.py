@@ -193,10 +193,10 @@ def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
 class HttpSession:
     """One client connection speaking HTTP/1.1 to the proxy."""
 
-    def __init__(self, ctx: ProxyContext, conn: Conn) -> None:
+    def __init__(self, ctx: ProxyContext, conn: Conn, client: str = "") -> None:
         self.ctx = ctx
         self.conn = conn
-        self.client = conn.peername[0]
+        self.client = client or conn.peername[0]
         self.kept: _Kept | None = None
         self.tick_up: Callable[[int], None] = uncounted
         self.tick_down: Callable[[int], None] = uncounted
@@ -292,8 +292,9 @@ class HttpSession:
             identity = ctx.admission.authenticate(credentials(head), self.client)
             admitted = await ctx.admission.authorize(identity, Protocol.HTTP, target)
         except GatewayError as err:
-            self._fail(err, target.authority, Protocol.HTTP, close=has_body)
-            return not has_body
+            go_on = not has_body and request_keep_alive(head)  # a client's close is kept too
+            self._fail(err, target.authority, Protocol.HTTP, close=not go_on)
+            return go_on
         try:
             return await self._forward_admitted(head, admitted, path, body_kind, body_length)
         finally:
@@ -308,8 +309,9 @@ class HttpSession:
         try:
             route = await self._upstream_for(admitted)
         except GatewayError as err:
-            self._fail(err, target.authority, Protocol.HTTP, close=has_body)
-            return not has_body
+            go_on = not has_body and request_keep_alive(head)  # a client's close is kept too
+            self._fail(err, target.authority, Protocol.HTTP, close=not go_on)
+            return go_on
         try:
             return await self._exchange(
                 head, admitted, route, path=path, body_kind=body_kind, length=length
