@@ -19,7 +19,7 @@ from tests.support.gateway import GatewayThread, basic, parse_response
 from tests.support.rawtarget import RawTarget, Script
 
 HANDSHAKE = 0.6
-IDLE = 4.0
+IDLE = 5.0
 
 
 @pytest.fixture
@@ -132,11 +132,11 @@ def test_malformed_request_body_answers_400_and_closes(gw, key, log, body) -> No
 
 def test_request_body_bytes_relayed_before_the_error_stay_metered(gw, key, log) -> None:
     package_id, k = key
-    target = _target([3.0])
+    target = _target([4.0])
     try:
         with _connect(gw) as sock:
             sock.sendall(_post(target, k, CHUNKED) + b"5\r\nhello\r\n")
-            time.sleep(0.3)
+            time.sleep(1.0)  # relayed before the bad chunk comes
             sock.sendall(b"zz\r\nmore\r\n")
             got, _ = _read_until_closed(sock)
         assert parse_response(got)[0] == 400
@@ -174,7 +174,7 @@ def test_malformed_response_body_before_anything_relayed_is_502(gw, key, log, bo
 def test_malformed_response_mid_body_closes_and_meters_what_went(gw, key, log) -> None:
     package_id, k = key
     target = _target([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                      0.3, b"zz\r\nrest\r\n0\r\n\r\n"])
+                      1.0, b"zz\r\nrest\r\n0\r\n\r\n"])
     try:
         with _connect(gw) as sock:
             sock.sendall(_post(target, k, b"Content-Length: 0\r\n"))
@@ -217,7 +217,7 @@ def test_next_head_after_a_407_has_the_handshake_deadline_to_finish(gw, key, log
         start = time.monotonic()
         _, closed = _read_until_closed(sock, limit=IDLE + 2)
         took = time.monotonic() - start
-    assert closed and took < HANDSHAKE + 1.0 < IDLE, took
+    assert closed and took < IDLE / 2, took  # the handshake deadline, not the idle one
 
 
 def test_next_head_has_the_idle_timeout_to_start(gw, key, log) -> None:
