@@ -6,8 +6,15 @@ same target through the same node, and dropped otherwise. Request body and respo
 concurrently, so `Expect: 100-continue` and early answers (413, 401) work without deadlock.
 
 An error answers with the catalogue's response. The connection stays open after an error only
-when nothing of the request is left unread (a forwarded request without a body); a CONNECT
-error, or one with a body in flight, closes it.
+when nothing of the request is left unread (a forwarded request without a body) and the client
+did not ask to close; a CONNECT error, or one with a body in flight, closes it.
+
+Malformed framing never escapes as an exception: a broken request body is a plain 400 and a
+close; a broken response (head or body) is 502 TARGET_UNREACHABLE while nothing of it reached
+the client, else both sides close. Each is one rate-limited WARNING (`ctx.warnings`).
+
+Deadlines: the first head has the handshake deadline set at accept; every later head on a
+kept-alive connection has `idle_timeout` to start and `handshake_timeout` to finish.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass
 from exitgate.admission import Admitted
 from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.model import Node, Protocol, Target
+from exitgate.net.body_pump import BodyError, pump_message_body
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
@@ -54,16 +62,6 @@ class _BodyProgress:
 
     complete: bool = False
     error: HttpError | None = None
-
-
-class BodyError(Exception):
-    """A body's framing broke mid-relay. `relayed`: some of the message (its head, say)
-    already went out, so the receiver cannot be given an error answer any more."""
-
-    def __init__(self, error: HttpError, *, relayed: bool) -> None:
-        super().__init__(error.reason)
-        self.error = error
-        self.relayed = relayed
 
 
 class _Malformed(Exception):
@@ -120,46 +118,6 @@ def credentials(head: RequestHead) -> tuple[str, str] | None:
     if found is MALFORMED:
         raise GatewayError(Code.AUTH_FAILED, "Malformed Proxy-Authorization header")
     return found
-
-
-async def pump_message_body(
-    src: Conn, dst: Conn, framer: BodyFramer, tick: Callable[[int], None], head: bytes = b""
-) -> None:
-    """Relay one message body verbatim from `src` to `dst`, as far as `framer` says; bytes
-    past the body stay in `src.buffer` for the next message. ConnectionClosed when either side
-    goes away first (for an until-close body that is its end).
-
-    `head` goes out with the first body bytes in one write: one send syscall per small
-    response instead of two, the largest single cost of forwarding. What is written is what
-    `tick` counts, head included, so a body cut short is metered exactly as far as it went.
-    Malformed framing raises `BodyError` (nothing of the bad part is relayed).
-    """
-    buffer = src.buffer
-    if head and (framer.done or not buffer):
-        dst.write(head)
-        tick(len(head))
-        head = b""
-    while not framer.done:
-        if not buffer:
-            await src.read_more()
-            continue
-        try:
-            n = framer.feed(buffer)
-        except HttpError as exc:
-            raise BodyError(exc, relayed=not head) from None
-        if n == len(buffer):
-            chunk = bytes(buffer)
-            buffer.clear()
-        else:
-            chunk = bytes(buffer[:n])
-            src.consume(n)
-        if head:
-            tick(len(head))
-            chunk = head + chunk
-            head = b""
-        dst.write(chunk)
-        tick(n)
-        await dst.drain()
 
 
 def session_header(route: Route) -> bytes:
