@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -160,5 +161,24 @@ def test_cap_settings_have_production_defaults(tmp_path):
         assert proxy is not None
         assert proxy.caps.per_address == 256
         assert proxy.caps.limit >= 16  # derived from the descriptor limit
+    finally:
+        gw.stop()
+
+
+def test_curl_over_the_cap_sees_the_503_and_the_socks5_refusal(tmp_path, log):
+    gw = _gateway(tmp_path, max_connections_per_ip=1)
+    try:
+        with ExitStack() as stack:
+            _held(gw, stack, 1)
+            proxy = f"{gw.proxy_host}:{gw.proxy_port}"
+            http = subprocess.run(
+                ["curl", "-sS", "-i", "--max-time", "5", "-x", f"http://{proxy}",
+                 "http://127.0.0.1:9/"], capture_output=True, text=True, check=False)
+            assert http.stdout.startswith("HTTP/1.1 503 Service Unavailable")
+            assert "X-SOAX-Error: TOO_MANY_CONNECTIONS" in http.stdout
+            socks = subprocess.run(
+                ["curl", "-sS", "--max-time", "5", "--socks5", proxy, "-U", "u:k",
+                 "http://127.0.0.1:9/"], capture_output=True, text=True, check=False)
+            assert socks.returncode == 97  # CURLE_PROXY: no acceptable authentication method
     finally:
         gw.stop()
