@@ -394,8 +394,8 @@ class HttpSession:
         progress.complete = True
 
     def _body_failed(self, error: HttpError) -> None:
-        """A malformed request body: one (rate-limited) warning; 400 unless the response
-        already started, then the connection just closes (the caller closes it)."""
+        """A malformed request body: one (rate-limited) warning; 400 (the caller then closes)
+        unless the response already started: then the client connection is reset."""
         self.ctx.warnings.warning("malformed request body", self.client, error.reason)
         if self._answering:
             self.conn.abort()  # a response is half out: do not let it look complete
