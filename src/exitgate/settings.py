@@ -56,6 +56,10 @@ class ProxySettings(_Section):
     max_head_size: int = Field(default=65536, ge=1024)
     reuse_port: bool = False  # SO_REUSEPORT: several workers share the port (`--workers`)
     backlog: int = Field(default=4096, ge=16)
+    # open client connections: in all (0: derived from the descriptor limit, see net/caps.py)
+    # and per client address (0: no cap); over a cap, HTTP 503 TOO_MANY_CONNECTIONS
+    max_connections: int = Field(default=0, ge=0)
+    max_connections_per_ip: int = Field(default=256, ge=0)
     metering: bool = True
 
     @field_validator("listen", "http_listen", "socks5_listen")

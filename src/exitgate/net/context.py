@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exitgate.admission import Admission, Admitted
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.connect import Connector
+from exitgate.net.loglimit import LogLimiter
 from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
 from exitgate.services import UsageService
@@ -39,6 +40,8 @@ class ProxyContext:
     usage: UsageService
     # the listener's bookkeeping, told when a spliced tunnel (which has no task) is over
     on_tunnel_end: Callable[[Conn], None] = _nothing
+    # warnings a client or website can repeat at will: at most one line per address a minute
+    warnings: LogLimiter = field(default_factory=lambda: LogLimiter(log))
 
     def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
         """Every error, whatever the protocol, lands in the package's recent-errors log."""
