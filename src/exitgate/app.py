@@ -24,7 +24,9 @@ import uvicorn
 from fastapi import APIRouter, HTTPException
 
 from exitgate.admin.api import create_admin_app
+from exitgate.admin.api_webhooks import webhook_routes
 from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.events import EventBus
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
@@ -45,10 +47,13 @@ from exitgate.store.base import AccountStore, open_store
 from exitgate.store.counters import Counters, open_counters
 from exitgate.store.sessions import MemorySessionStore
 from exitgate.tasks import spawn
+from exitgate.webhooks.service import WebhookService
+from exitgate.webhooks.vault import Vault
 
 log = logging.getLogger("exitgate")
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 HUB_TOKEN_FILE = "hub.token"  # noqa: S105 - a file name
+WEBHOOK_KEY_FILE = "webhooks.key"
 REFRESH_SECONDS = 2.0  # how often an instance on a shared database re-reads accounts
 
 
@@ -120,6 +125,9 @@ class Gateway:
         self._refresh: asyncio.Task[None] | None = None
         self.recorder = Recorder()
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
+        hooks = settings.webhooks
+        self.events = EventBus(throttle=hooks.limit_event_interval)
+        self.webhooks: WebhookService | None = None
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
         self.usage: UsageService | None = None
@@ -163,6 +171,7 @@ class Gateway:
         self.registry.on_node_change(self._on_node)
         await asyncio.to_thread(self.registry.load, store)
         self.service = AccountService(store, self.registry)
+        self.service.events = self.events
         self.usage = UsageService(self.service, settings.billing)
         await self.usage.start()
         self.counters = open_counters(settings.store.redis_url)
@@ -216,6 +225,11 @@ class Gateway:
             extra.append(await self.proxy.listen(settings.proxy.socks5_listen, "socks5"))
 
         hub_bound = await self.hub.start() if settings.hub.listen else None
+        vault_key, _ = stored_secret(settings, settings.webhooks.secret_key, WEBHOOK_KEY_FILE)
+        self.webhooks = WebhookService(
+            settings.webhooks, store, Vault(vault_key), self.events, self.stats
+        )
+        await self.webhooks.start(self.registry, self.usage.metering, self.health)
         self.token, self.token_generated = admin_token(settings)
         admin_bound = await self._start_admin()
         return Bound(proxy_bound, admin_bound, tuple(extra), hub_bound)
@@ -264,13 +278,16 @@ class Gateway:
 
         return [router]
 
+    def _webhook_routers(self) -> list[APIRouter]:
+        return [] if self.webhooks is None else [webhook_routes(self.webhooks)]
+
     async def _start_admin(self) -> tuple[str, int]:
         if self.service is None or self.usage is None:
             raise RuntimeError("start the store and usage before the admin API")
         app = create_admin_app(
             self.service,
             self.token,
-            extra_routers=self._routers(),
+            extra_routers=[*self._routers(), *self._webhook_routers()],
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
         )
@@ -309,6 +326,8 @@ class Gateway:
             await self.usage.close()
         if self.counters is not None:
             await self.counters.close()
+        if self.webhooks is not None:  # after the edges: their last events reach the outbox
+            await self.webhooks.close()
         if self._admin is not None and self._admin_task is not None:
             self._admin.should_exit = True
             with contextlib.suppress(Exception):

@@ -155,6 +155,16 @@ class Registry:
             self._by_hash.pop(old.key_hash, None)
             self._ip_index = None
 
+    @property
+    def orgs(self) -> Mapping[str, Org]:
+        """A read-only live view, id → organization (the webhook watcher walks it)."""
+        return MappingProxyType(self._orgs)
+
+    @property
+    def packages(self) -> Mapping[str, Package]:
+        """A read-only live view, id → package (the webhook watcher walks it)."""
+        return MappingProxyType(self._packages)
+
     # nodes
 
     @property
