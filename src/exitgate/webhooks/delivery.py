@@ -106,7 +106,9 @@ class Deliverer:
             claimed: list[DeliveryRecord] = []
             if room > 0:
                 try:
-                    claimed = await asyncio.to_thread(self.store.claim, time.time(), lease, room)
+                    claimed = await self._claim(lease, room)
+                except asyncio.CancelledError:
+                    raise
                 except Exception as exc:
                     log.warning("webhook outbox not readable: %s", exc)
             for delivery in claimed:
@@ -118,6 +120,21 @@ class Deliverer:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL)
+
+    async def _claim(self, lease: float, room: int) -> list[DeliveryRecord]:
+        """Claim due rows; a stop during the claim gives them back instead of leaving them
+        leased to nobody until the lease runs out."""
+        work = spawn(
+            asyncio.to_thread(self.store.claim, time.time(), lease, room), "webhook-claim"
+        )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait([work])
+            if not work.cancelled() and work.exception() is None:
+                ids = [d.id for d in work.result()]
+                await asyncio.to_thread(self.store.release, ids, time.time())
+            raise
 
     def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(delivery_id, None)
@@ -183,8 +200,15 @@ class Deliverer:
         else:
             delay = self.retry.delay(n, self._draw())
             outcome, state, next_at = "failed", PENDING, time.time() + delay
-        await asyncio.to_thread(self.store.record_attempt, delivery, attempt, state, next_at)
+        # Recorded even when a stop cancels this task now: the attempt happened.
         self.stats.webhook_deliveries[outcome] += 1
+        record = asyncio.to_thread(self.store.record_attempt, delivery, attempt, state, next_at)
+        write = spawn(record, "webhook-attempt-log")
+        try:
+            await asyncio.shield(write)
+        finally:
+            if not write.done():
+                await asyncio.wait([write])
         if outcome == "disabled":
             values = {"enabled": False, "disabled_reason": "the receiver answered 410 Gone"}
             with contextlib.suppress(NotFound):

@@ -165,11 +165,16 @@ class WebhookService:
                 for ep in self._endpoints
                 if matches(ep, e)
             ]
+            # The write runs to its end even when this task is cancelled (a stop): the
+            # events are then either stored or back in the bus, never both.
+            write = spawn(asyncio.to_thread(self.store.enqueue, rows), "webhook-enqueue")
             try:
-                await asyncio.to_thread(self.store.enqueue, rows)
-            except BaseException:
-                self.bus.put_back(taken)
-                raise
+                await asyncio.shield(write)
+            finally:
+                if not write.done():
+                    await asyncio.wait([write])
+                if write.cancelled() or write.exception() is not None:
+                    self.bus.put_back(taken)
             if rows:
                 self.deliverer.wake()
 

@@ -16,7 +16,8 @@ Usage and credit levels are kept in the store (`webhook_marks`) and moved only b
 compare-and-set, so a restart does not announce a crossed threshold twice and several
 instances on one database announce it once. Node and pool states are per process (the
 breaker is), and the first look after start is a silent baseline: a node that was already
-down at start is not announced.
+down at start is not announced. A node added later counts as up before its first look
+(unless added offline), so one whose circuit opens within an interval is still announced.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Watcher:
         self._marks: dict[str, str] = {}
         self._down: dict[str, bool] = {}
         self._pools: dict[Network, bool] = {}
+        self._seen = False  # the first look is a silent baseline
 
     async def load(self) -> None:
         self._marks = await asyncio.to_thread(self.store.marks, "")
@@ -145,6 +147,10 @@ class Watcher:
             if node.state is NodeState.ONLINE and not down:
                 healthy[node.attrs.network] += 1
             was = self._down.get(node.id)
+            if was is None and self._seen:
+                # Added since the last look: it was up unless it was added offline, so a
+                # node whose circuit opened within one interval of its creation is announced.
+                was = offline
             self._down[node.id] = down
             if was is None or was == down:
                 continue
@@ -160,6 +166,7 @@ class Watcher:
                 data["reason"] = "offline" if offline else "circuit_open"
             self.bus.emit(events.NODE_DOWN if down else events.NODE_RECOVERED, None, data)
         self._pool(healthy)
+        self._seen = True
 
     def _pool(self, healthy: dict[Network, int]) -> None:
         s = self.settings
