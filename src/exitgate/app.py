@@ -93,6 +93,14 @@ def stored_secret(settings: Settings, configured: str, name: str) -> tuple[str, 
     return secret, True
 
 
+def webhook_key(settings: Settings) -> str:
+    """What seals webhook secrets: `[webhooks] secret_key`, else the `webhooks.key` file; an
+    in-memory store gets a key of its own (its secrets die with it anyway)."""
+    if settings.store.url in ("sqlite://", "sqlite:///:memory:"):
+        return settings.webhooks.secret_key or secrets.token_urlsafe(32)
+    return stored_secret(settings, settings.webhooks.secret_key, WEBHOOK_KEY_FILE)[0]
+
+
 def admin_token(settings: Settings) -> tuple[str, bool]:
     return stored_secret(settings, settings.admin.token, TOKEN_FILE)
 
@@ -225,9 +233,8 @@ class Gateway:
             extra.append(await self.proxy.listen(settings.proxy.socks5_listen, "socks5"))
 
         hub_bound = await self.hub.start() if settings.hub.listen else None
-        vault_key, _ = stored_secret(settings, settings.webhooks.secret_key, WEBHOOK_KEY_FILE)
         self.webhooks = WebhookService(
-            settings.webhooks, store, Vault(vault_key), self.events, self.stats
+            settings.webhooks, store, Vault(webhook_key(settings)), self.events, self.stats
         )
         await self.webhooks.start(self.registry, self.usage.metering, self.health)
         self.token, self.token_generated = admin_token(settings)

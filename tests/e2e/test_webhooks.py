@@ -21,6 +21,7 @@ from tests.support.receiver import Receiver
 from tests.support.upstream_proxy import UpstreamProcess
 
 FAST = {
+    "secret_key": "",  # the generated webhooks.key file in the tmp data dir
     "allow_private": True,
     "watch_interval": 0.1,
     "retry_base": 0.2,
@@ -271,6 +272,7 @@ def test_delivery_goes_on_after_a_gateway_restart(tmp_path: Path, receiver: Rece
         got = receiver.wait_for("package.status.changed", 2)
         assert sorted(r.data["to"] for r in got) == ["active", "paused"]
         assert all(r.verified for r in got)  # the sealed secret opened after the restart
+        assert (tmp_path / "webhooks.key").stat().st_mode & 0o777 == 0o600
     finally:
         gw.stop()
 

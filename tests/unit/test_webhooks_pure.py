@@ -17,7 +17,8 @@ from exitgate.errors import Code, GatewayError
 from exitgate.events import Event, EventBus, limit_of
 from exitgate.policy.ratelimit import concurrency_exceeded, rate_exceeded
 from exitgate.store.webhooks import EndpointRecord
-from exitgate.webhooks.guard import DestinationRefused, check_url, is_public
+from exitgate.webhooks.delivery import pinned
+from exitgate.webhooks.guard import Destination, DestinationRefused, check_url, is_public
 from exitgate.webhooks.policy import (
     CREDITS_EXHAUSTED,
     CREDITS_LOW,
@@ -288,3 +289,15 @@ def test_bad_urls(url: str) -> None:
 def test_good_url() -> None:
     assert check_url("https://hooks.example.com/in") == ("https", "hooks.example.com", 443)
     assert check_url("http://[2001:db8::1]:8080/x") == ("http", "2001:db8::1", 8080)
+
+
+def test_delivery_is_pinned_to_a_checked_address() -> None:
+    dest = Destination("https", "hooks.example.com", 8443, ("2606:4700::1111", "1.1.1.1"))
+    url, extra, extensions = pinned("https://hooks.example.com:8443/in?x=1", dest)
+    assert url == "https://[2606:4700::1111]:8443/in?x=1"
+    assert extra == {"host": "hooks.example.com:8443"}
+    assert extensions == {"sni_hostname": "hooks.example.com"}  # TLS checks the name
+    plain = Destination("http", "example.com", 80, ("93.184.216.34",))
+    assert pinned("http://example.com/in", plain) == (
+        "http://93.184.216.34/in", {"host": "example.com"}, {}
+    )
