@@ -134,7 +134,9 @@ class Gateway:
         self.recorder = Recorder()
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         hooks = settings.webhooks
-        self.events = EventBus(throttle=hooks.limit_event_interval)
+        # webhooks off: a bus that keeps nothing (every emit is a counted drop)
+        capacity = 10_000 if hooks.enabled else 0
+        self.events = EventBus(capacity=capacity, throttle=hooks.limit_event_interval)
         self.webhooks: WebhookService | None = None
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
