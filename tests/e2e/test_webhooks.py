@@ -390,3 +390,17 @@ def _limits(**kw: Any) -> Any:
     return Limits(
         rps=kw.get("rps"), concurrency=kw.get("concurrency"), traffic_bytes=kw.get("traffic")
     )
+
+
+def test_disabled_webhooks_record_and_send_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    gw = gateway(tmp_path, enabled=False)
+    try:
+        org = gw.org()
+        hook(gw, receiver, org_id=org)  # endpoints can still be managed
+        pkg, _ = gw.package(org)
+        pause(gw, pkg.id)
+        time.sleep(0.5)
+        assert deliveries(gw) == [] and not receiver.received
+        assert gw.gateway.events.dropped == 1 and len(gw.gateway.events) == 0
+    finally:
+        gw.stop()
