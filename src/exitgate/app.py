@@ -25,10 +25,12 @@ from fastapi import APIRouter, HTTPException
 from redis.asyncio import Redis
 
 from exitgate.admin.api import create_admin_app
+from exitgate.admin.api_webhooks import webhook_routes
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.auth_reports import report_failures, throttle_from
 from exitgate.cluster.directory import AgentDirectory
 from exitgate.cluster.interlink import Interlink
+from exitgate.events import EventBus
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
@@ -53,10 +55,13 @@ from exitgate.store.redis_errors import RedisErrorLog
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
 from exitgate.tasks import spawn
+from exitgate.webhooks.service import WebhookService
+from exitgate.webhooks.vault import Vault
 
 log = logging.getLogger("exitgate")
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 HUB_TOKEN_FILE = "hub.token"  # noqa: S105 - a file name
+WEBHOOK_KEY_FILE = "webhooks.key"
 REFRESH_SECONDS = 2.0  # how often an instance on a shared database re-reads accounts
 CLOCK_SYNC_SECONDS = 30.0  # how often the session clock re-measures its offset to Redis
 
@@ -97,6 +102,14 @@ def stored_secret(settings: Settings, configured: str, name: str) -> tuple[str, 
     return secret, True
 
 
+def webhook_key(settings: Settings) -> str:
+    """What seals webhook secrets: `[webhooks] secret_key`, else the `webhooks.key` file; an
+    in-memory store gets a key of its own (its secrets die with it anyway)."""
+    if settings.store.url in ("sqlite://", "sqlite:///:memory:"):
+        return settings.webhooks.secret_key or secrets.token_urlsafe(32)
+    return stored_secret(settings, settings.webhooks.secret_key, WEBHOOK_KEY_FILE)[0]
+
+
 def admin_token(settings: Settings) -> tuple[str, bool]:
     return stored_secret(settings, settings.admin.token, TOKEN_FILE)
 
@@ -135,6 +148,11 @@ class Gateway:
         self.throttle = throttle_from(settings.auth)  # failed authentications per address
         self._auth_log: asyncio.Task[None] | None = None
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
+        hooks = settings.webhooks
+        # webhooks off: a bus that keeps nothing (every emit is a counted drop)
+        capacity = 10_000 if hooks.enabled else 0
+        self.events = EventBus(capacity=capacity, throttle=hooks.limit_event_interval)
+        self.webhooks: WebhookService | None = None
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
         self.usage: UsageService | None = None
@@ -226,6 +244,7 @@ class Gateway:
         self.registry.on_node_change(self._on_node)
         await asyncio.to_thread(self.registry.load, store)
         self.service = AccountService(store, self.registry)
+        self.service.events = self.events
         self.usage = UsageService(self.service, settings.billing)
         await self.usage.start()
         self.counters = open_counters(settings.store.redis_url, settings.store.redis_prefix)
@@ -304,6 +323,10 @@ class Gateway:
         hub_bound = await self.hub.start() if settings.hub.listen else None
         if settings.cluster.listen and settings.store.redis_url:
             await self._join_cluster(self.hub, hub_token)
+        self.webhooks = WebhookService(
+            settings.webhooks, store, Vault(webhook_key(settings)), self.events, self.stats
+        )
+        await self.webhooks.start(self.registry, self.usage.metering, self.health)
         self.token, self.token_generated = admin_token(settings)
         admin_bound = await self._start_admin()
         return Bound(proxy_bound, admin_bound, tuple(extra), hub_bound)
@@ -358,6 +381,9 @@ class Gateway:
 
         return [router]
 
+    def _webhook_routers(self) -> list[APIRouter]:
+        return [] if self.webhooks is None else [webhook_routes(self.webhooks)]
+
     async def _start_admin(self) -> tuple[str, int]:
         if not self.settings.admin.listen:
             return ("", 0)  # a worker other than the first: worker 0 serves the admin API
@@ -366,7 +392,7 @@ class Gateway:
         app = create_admin_app(
             self.service,
             self.token,
-            extra_routers=self._routers(),
+            extra_routers=[*self._routers(), *self._webhook_routers()],
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
             max_body_bytes=self.settings.admin.max_body_bytes,
@@ -420,6 +446,8 @@ class Gateway:
         closer = getattr(self.sessions.store, "close", None)
         if closer is not None:
             await closer()
+        if self.webhooks is not None:  # after the edges: their last events reach the outbox
+            await self.webhooks.close()
         if self._admin is not None and self._admin_task is not None:
             self._admin.should_exit = True
             with contextlib.suppress(Exception):

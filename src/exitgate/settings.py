@@ -182,6 +182,44 @@ class LogSettings(_Section):
         return v.lower()
 
 
+class WebhookSettings(_Section):
+    """Webhooks (issue 11); the decisions behind each default are in docs/decisions.md."""
+
+    enabled: bool = True  # false: no watcher, no delivery (events are not recorded)
+    allow_private: bool = False  # true: private and loopback destinations are allowed
+    secret_key: str = ""  # seals endpoint secrets at rest; empty: the webhooks.key file
+    timeout: float = Field(default=10.0, gt=0)  # one delivery attempt, connect to last byte
+    concurrency: int = Field(default=8, ge=1)  # deliveries in flight
+    max_attempts: int = Field(default=10, ge=1)
+    retry_base: float = Field(default=5.0, gt=0)  # first retry after ~this many seconds
+    retry_max_delay: float = Field(default=3600.0, gt=0)
+    watch_interval: float = Field(default=1.0, gt=0)  # thresholds, credits, nodes, pools
+    usage_levels: tuple[int, ...] = (50, 80, 90, 100)  # percent of a package's traffic cap
+    usage_hysteresis: int = Field(default=5, ge=0, le=50)  # percentage points to re-arm
+    credits_low: float = Field(default=10.0, ge=0)  # org.credits.low at or below this
+    credits_hysteresis: float = Field(default=1.0, ge=0)  # re-armed above low + this
+    limit_event_interval: float = Field(default=60.0, ge=0)  # per package and limit
+    pool_min_healthy: dict[str, int] = Field(default_factory=dict)  # network → minimum
+    pool_hysteresis: int = Field(default=1, ge=0)  # re-armed at minimum + this
+
+    @field_validator("usage_levels")
+    @classmethod
+    def _levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(not 0 < x <= 100 for x in v):
+            raise ValueError("percentages between 1 and 100")
+        return tuple(sorted(set(v)))
+
+    @field_validator("pool_min_healthy")
+    @classmethod
+    def _pools(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, n in v.items():
+            if name not in ("res", "mob", "dc"):
+                raise ValueError(f"unknown network {name!r} (res, mob, dc)")
+            if n < 0:
+                raise ValueError(f"minimum for {name} must not be negative")
+        return v
+
+
 class Settings(_Section):
     proxy: ProxySettings = ProxySettings()
     admin: AdminSettings = AdminSettings()
@@ -194,6 +232,7 @@ class Settings(_Section):
     billing: BillingSettings = BillingSettings()
     geo: GeoSettings = GeoSettings()
     log: LogSettings = LogSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @property
     def data_dir(self) -> Path:

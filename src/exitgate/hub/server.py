@@ -30,6 +30,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
 from exitgate.errors import Code, GatewayError
+from exitgate.events import AGENT_DISCONNECTED
 from exitgate.hub.mux import Mux, MuxLimits
 from exitgate.hub.nodes import AgentBook, Wanted
 from exitgate.hub.protocol import (
@@ -243,6 +244,9 @@ class Hub:
             if self.on_agent is not None:
                 self.on_agent(agent_id, None)
             self.book.sync(agent_id)
+            self.book.service.events.emit(
+                AGENT_DISCONNECTED, None, {"agent_id": agent_id, "ip": link.ip, "reason": reason}
+            )
 
     def _wanted(self, agent_id: str) -> Wanted | None:
         link = self.live.get(agent_id)

@@ -48,6 +48,7 @@ class ProxyContext:
         self.recorder.error(err.package_id, err, protocol=protocol, client=client, target=target)
         if err.package_id is not None:
             self.usage.error(err.package_id, err.code)
+            self.usage.limit_reached(err)
         if err.code not in _SUMMARISED:  # those: one summary per address (auth_reports)
             log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
 

@@ -24,6 +24,8 @@ class LiveStats:
     errors_total: int = 0  # of those, the ones answered with a catalogued error
     # (protocol, outcome) → count; outcome is "OK" or an error code: closed label sets only
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # webhook delivery attempts by outcome: "ok", "failed", "disabled" (410 Gone)
+    webhook_deliveries: Counter[str] = field(default_factory=Counter)
 
     def outcome(self, protocol: str, code: str) -> None:
         self.requests_total += 1
