@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exitgate.admission import Admission, Admitted
 from exitgate.errors import GatewayError
@@ -15,6 +16,9 @@ from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
 from exitgate.services import UsageService
 from exitgate.settings import ExitSettings, ProxySettings
+
+if TYPE_CHECKING:
+    from exitgate.net.udp_assoc import UdpService
 
 log = logging.getLogger("exitgate.proxy")
 
@@ -38,6 +42,8 @@ class ProxyContext:
     usage: UsageService
     # the listener's bookkeeping, told when a spliced tunnel (which has no task) is over
     on_tunnel_end: Callable[[Conn], None] = _nothing
+    # SOCKS5 UDP ASSOCIATE (net/udp_assoc.py); None: answered "command not supported"
+    udp: UdpService | None = None
 
     def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
         """Every error, whatever the protocol, lands in the package's recent-errors log."""
