@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exitgate.model import Network, Protocol
+from exitgate.model import Limits, Network, Protocol
 from exitgate.net.udp_stats import UdpStats
 from tests.support.agents import HUB_TOKEN, ThreadAgent, attach_hub, detach_hub, wait_online
 from tests.support.gateway import GatewayThread
@@ -298,3 +298,41 @@ def test_fragments_are_dropped(ugw: GatewayThread, dns_server: DnsServer) -> Non
                            + struct.pack("!H", dns_server.port) + query())
         wait_for(lambda: stats(ugw).dropped["fragment"] == 1)
     assert len(dns_server.seen) == 1
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def test_an_open_association_holds_one_concurrency_slot(
+    ugw: GatewayThread, dns_server: DnsServer, origin: Origin
+) -> None:
+    ugw.direct_node(bind="127.0.0.2", country="us", network=RES)
+    pkg, key = ugw.package(limits=Limits(concurrency=1))
+    with udp_client(proxy_of(ugw), "country-us", key) as sock:
+        ask(sock, dns_server)
+        refused = socks5_connect(proxy_of(ugw), "127.0.0.1", origin.port, "country-us", key)
+        assert refused.status == 0x02
+        assert ugw.gateway.recorder.recent_errors(pkg.id)[0]["code"] == "RATE_LIMIT_EXCEEDED"
+    wait_for(lambda: stats(ugw).associations_active == 0)
+    again = socks5_connect(proxy_of(ugw), "127.0.0.1", origin.port, "country-us", key)
+    assert again.status == 0 and again.sock is not None
+    again.sock.close()
+
+
+def test_the_traffic_cap_ends_the_association(ugw: GatewayThread, dns_server: DnsServer) -> None:
+    ugw.direct_node(bind="127.0.0.2", country="us", network=RES)
+    pkg, key = ugw.package(limits=Limits(traffic_bytes=200))
+    rep, control = associate_raw(ugw, "country-us", key)
+    assert rep == 0
+    with udp_client(proxy_of(ugw), "country-us", key) as sock:
+        for i in range(3):  # 27 + 55 bytes a query: the third crosses 200
+            ask(sock, dns_server, f"q{i}.test.")
+        wait_for(lambda: stats(ugw).associations_active == 0)
+    control.settimeout(3)
+    assert control.recv(1) == b""  # the other association of the package ended too
+    control.close()
+    codes = [e["code"] for e in ugw.gateway.recorder.recent_errors(pkg.id)]
+    assert "TRAFFIC_LIMIT_EXCEEDED" in codes
+    rep, control = associate_raw(ugw, "country-us", key)  # and a new one is refused
+    control.close()
+    assert rep == 0x02
