@@ -57,6 +57,15 @@ def test_frames_in_any_chunking(payloads: list[bytes], chunk: int) -> None:
     assert [parse_datagram(g).payload for g in got] == payloads
 
 
+@given(st.lists(st.binary(max_size=3000), max_size=30))
+def test_junk_never_breaks_the_decoder_and_stays_bounded(chunks: list[bytes]) -> None:
+    decoder = FrameDecoder()
+    for chunk in chunks:
+        for frame in decoder.feed(chunk):
+            assert len(frame) <= MAX_FRAME
+        assert len(decoder._buf) < 2 + MAX_FRAME  # at most one partial frame is held
+
+
 def test_the_udp_stream_marker() -> None:
     headers = udp_headers(allow_private=True)
     assert is_udp(headers) and udp_allows_private(headers)

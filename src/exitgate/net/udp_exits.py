@@ -297,7 +297,12 @@ async def open_upstream(
         sock.close()
         if conn is not None:
             conn.abort()
-        detail = exc.detail if isinstance(exc, UpstreamFailure) else str(exc) or "timed out"
+        if isinstance(exc, UpstreamFailure):
+            detail = exc.detail
+        elif isinstance(exc, OSError) and exc.strerror:
+            detail = exc.strerror.lower()
+        else:
+            detail = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
         raise NodeFailure(node, f"Upstream UDP ASSOCIATE failed: {detail}") from None
     except BaseException:
         sock.close()
