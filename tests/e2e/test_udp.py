@@ -378,3 +378,21 @@ def test_the_traffic_cap_ends_the_association(ugw: GatewayThread, dns_server: Dn
     rep, control = associate_raw(ugw, "country-us", key)  # and a new one is refused
     control.close()
     assert rep == 0x02
+
+
+async def test_datagrams_in_flight_are_bounded() -> None:
+    """A direct exit resolving names takes at most `max_queued` at once; the rest drop."""
+    from exitgate.admission import DestinationPolicy
+    from exitgate.model import Node, NodeAttrs, NodeKind, Target
+    from exitgate.net.udp_exits import open_direct
+
+    counted = UdpStats()
+    node = Node("d", NodeKind.DIRECT, NodeAttrs(), bind_address="127.0.0.2")
+    exit_ = await open_direct(node, DestinationPolicy(allow_private=True), lambda *a: None,
+                              counted, max_queued=2)
+    try:
+        for i in range(5):  # no resolution can finish before the loop runs again
+            exit_.send(Target(f"n{i}.exitgate.invalid", 53), b"q")
+        assert counted.dropped["queue_full"] == 3
+    finally:
+        exit_.close()
