@@ -37,6 +37,7 @@ from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
 from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
+from exitgate.net.udp_assoc import UdpService
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
@@ -308,6 +309,9 @@ class Gateway:
             connector=Connector(self.index, dialer, self.router),
             recorder=self.recorder,
             usage=self.usage,
+        )
+        ctx.udp = UdpService.build(
+            settings.udp, self.router, policy, settings.exit.connect_timeout, self.hub
         )
         tls = None
         if settings.proxy.tls_cert:

@@ -20,6 +20,7 @@ class Protocol(enum.StrEnum):
     HTTP = "http"  # absolute-form forwarding
     HTTPS = "https"  # CONNECT tunnels
     SOCKS5 = "socks5"
+    UDP = "udp"  # SOCKS5 UDP ASSOCIATE (docs/udp.md); also needs an exit network that allows UDP
 
 
 class Network(enum.StrEnum):

@@ -144,6 +144,24 @@ class ExitSettings(_Section):
     response_timeout: float = Field(default=30.0, gt=0)
 
 
+class UdpSettings(_Section):
+    """SOCKS5 UDP ASSOCIATE (docs/udp.md)."""
+
+    # exit networks whose nodes may relay UDP (SPEC 2: residential and mobile)
+    networks: tuple[str, ...] = ("res", "mob")
+    idle_timeout: float = Field(default=120.0, gt=0)  # no datagram either way: association ends
+    max_datagram: int = Field(default=8192, ge=512, le=65535)  # whole datagram, header included
+    max_queued: int = Field(default=256, ge=1)  # datagrams in flight per association
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name not in ("res", "mob", "dc"):
+                raise ValueError(f"unknown network {name!r} (res, mob, dc)")
+        return v
+
+
 class SessionSettings(_Section):
     idle_timeout: float = Field(default=60.0, gt=0)
 
@@ -229,6 +247,7 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     exit: ExitSettings = ExitSettings()
     sessions: SessionSettings = SessionSettings()
+    udp: UdpSettings = UdpSettings()
     billing: BillingSettings = BillingSettings()
     geo: GeoSettings = GeoSettings()
     log: LogSettings = LogSettings()

@@ -181,7 +181,7 @@ def test_package_create_defaults_and_key_only_once(api: AdminServer) -> None:
         "concurrency_limit": None,
         "traffic_limit_bytes": None,
         "ip_allowlist": [],
-        "protocols": ["http", "https", "socks5"],
+        "protocols": ["http", "https", "socks5", "udp"],
         "networks": ["dc", "mob", "res"],
         "rules": None,
         "auth_mode": "key_or_ip",

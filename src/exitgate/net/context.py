@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exitgate.admission import Admission, Admitted
 from exitgate.errors import Code, GatewayError
@@ -16,6 +17,9 @@ from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
 from exitgate.services import UsageService
 from exitgate.settings import ExitSettings, ProxySettings
+
+if TYPE_CHECKING:
+    from exitgate.net.udp_assoc import UdpService
 
 log = logging.getLogger("exitgate.proxy")
 _SUMMARISED = frozenset({Code.AUTH_FAILED, Code.AUTH_THROTTLED})
@@ -42,6 +46,8 @@ class ProxyContext:
     on_tunnel_end: Callable[[Conn], None] = _nothing
     # warnings a client or website can repeat at will: at most one line per address a minute
     warnings: LogLimiter = field(default_factory=lambda: LogLimiter(log))
+    # SOCKS5 UDP ASSOCIATE (net/udp_assoc.py); None: answered "command not supported"
+    udp: UdpService | None = None
 
     def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
         """Every error, whatever the protocol, lands in the package's recent-errors log."""

@@ -15,6 +15,7 @@ from exitgate.model import Protocol, Target
 from exitgate.net.conn import Conn
 from exitgate.net.context import ProxyContext
 from exitgate.net.relay import start_tunnel
+from exitgate.net.udp_assoc import associate
 from exitgate.wire.socks5 import (
     NEED_DATA,
     Credentials,
@@ -28,6 +29,7 @@ METHOD_NO_AUTH = 0x00
 METHOD_USERPASS = 0x02
 METHOD_NONE = 0xFF
 CMD_CONNECT = 0x01
+CMD_UDP_ASSOCIATE = 0x03
 
 
 class SocksSession:
@@ -36,6 +38,7 @@ class SocksSession:
         self.conn = conn
         self.client = conn.peername[0]
         self.core = Socks5Server()
+        self.udp = False  # the request is a UDP ASSOCIATE (net/udp_assoc.py)
 
     async def _next(self) -> Greeting | Credentials | Request:
         buffer = self.conn.buffer
@@ -70,8 +73,10 @@ class SocksSession:
             else:
                 request = event
         if request.command != CMD_CONNECT:
-            self.conn.write(self.core.reply(SocksReply.COMMAND_NOT_SUPPORTED))
-            return None
+            if request.command != CMD_UDP_ASSOCIATE or self.ctx.udp is None:
+                self.conn.write(self.core.reply(SocksReply.COMMAND_NOT_SUPPORTED))
+                return None
+            self.udp = True
         if identity is None:
             # "no authentication" chosen: the allowlist names the package (gates 1-2 now).
             try:
@@ -113,6 +118,9 @@ class SocksSession:
         if negotiated is None:
             return
         identity, target = negotiated
+        if self.udp:
+            await associate(ctx, self.conn, self.core, identity, target)
+            return
         try:
             admitted = await ctx.admission.authorize(identity, Protocol.SOCKS5, target)
         except GatewayError as err:
