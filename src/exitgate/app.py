@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sized
 from dataclasses import dataclass
 
 import uvicorn
@@ -31,6 +31,8 @@ from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
 from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
+from exitgate.observe.accesslog import AccessLog
+from exitgate.observe.metrics import Sources, metrics_router
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
@@ -119,7 +121,8 @@ class Gateway:
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.recorder = Recorder()
-        self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
+        self.stats = LiveStats()  # the data path's live figures: /metrics, the dashboard
+        self.accesslog: AccessLog | None = None
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
         self.usage: UsageService | None = None
@@ -170,6 +173,7 @@ class Gateway:
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
+        self.stats.metered = metering.relayed
         limiter = self.limiter
 
         def gate5(package: Package) -> Awaitable[Lease]:
@@ -196,18 +200,29 @@ class Gateway:
             # A shared database: other instances write too. Re-read it (the registry's
             # `apply` notifies only real changes, so the node index follows cheaply).
             self._refresh = spawn(self._refresh_registry(store), "registry-refresh")
+        if settings.accesslog.target != "off":
+            self.accesslog = AccessLog(
+                settings.accesslog.target,
+                self.stats,
+                capacity=settings.accesslog.queue,
+                interval=settings.accesslog.flush_interval,
+            )
+            self.accesslog.start()
         ctx = ProxyContext(
             proxy=settings.proxy,
             exit=settings.exit,
             admission=admission,
-            connector=Connector(self.index, dialer, self.router),
+            connector=Connector(self.index, dialer, self.router, self.stats),
             recorder=self.recorder,
             usage=self.usage,
+            stats=self.stats,
+            accesslog=self.accesslog,
         )
         tls = None
         if settings.proxy.tls_cert:
             tls = tls_context(settings.proxy.tls_cert, settings.proxy.tls_key)
         self.proxy = ProxyServer(ctx, tls)
+        self.stats.clients = self.proxy.clients
         proxy_bound = await self.proxy.listen(settings.proxy.listen)
         extra = []
         if settings.proxy.http_listen:
@@ -264,6 +279,24 @@ class Gateway:
 
         return [router]
 
+    def _metrics_sources(self) -> Sources:
+        hub, usage = self.hub, self.usage
+
+        def agents() -> tuple[int, int]:
+            return (len(hub.live), hub.reconnects) if hub is not None else (0, 0)
+
+        def flushed_at() -> float:
+            return usage.flushed_at if usage is not None else time.time()
+
+        store = self.sessions.store
+        return Sources(
+            stats=self.stats,
+            nodes=self.registry.nodes.values,
+            agents=agents,
+            sessions=store if isinstance(store, Sized) else None,
+            flushed_at=flushed_at,
+        )
+
     async def _start_admin(self) -> tuple[str, int]:
         if self.service is None or self.usage is None:
             raise RuntimeError("start the store and usage before the admin API")
@@ -271,6 +304,7 @@ class Gateway:
             self.service,
             self.token,
             extra_routers=self._routers(),
+            public_routers=[metrics_router(self._metrics_sources())],
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
         )
@@ -307,6 +341,8 @@ class Gateway:
             await self.keeper.close()
         if self.usage is not None:
             await self.usage.close()
+        if self.accesslog is not None:
+            await asyncio.to_thread(self.accesslog.close, grace)
         if self.counters is not None:
             await self.counters.close()
         if self._admin is not None and self._admin_task is not None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exitgate.admission import Admission, Admitted
 from exitgate.errors import GatewayError
-from exitgate.model import Node
+from exitgate.model import Node, Protocol
 from exitgate.net.conn import Conn
-from exitgate.net.connect import Connector
+from exitgate.net.connect import Connector, Route
+from exitgate.observe.accesslog import AccessLog
+from exitgate.observe.stats import LiveStats, Tally
 from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
 from exitgate.services import UsageService
@@ -38,26 +41,80 @@ class ProxyContext:
     usage: UsageService
     # the listener's bookkeeping, told when a spliced tunnel (which has no task) is over
     on_tunnel_end: Callable[[Conn], None] = _nothing
+    stats: LiveStats = field(default_factory=LiveStats)  # the live figures /metrics reads
+    accesslog: AccessLog | None = None  # None: `[accesslog] target = "off"`
 
-    def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
-        """Every error, whatever the protocol, lands in the package's recent-errors log."""
+    def rejected(
+        self,
+        err: GatewayError,
+        *,
+        protocol: str,
+        client: str,
+        target: str = "",
+        started: float = 0.0,
+        final: bool = True,
+    ) -> None:
+        """Every error, whatever the protocol, lands in the package's recent-errors log.
+
+        `final`: the error ends the request here (counted, one access-log line); False for
+        a stop mid-relay, whose request is counted and logged once, where it ends (`served`).
+        `started`: time.monotonic() when the request arrived (0.0: unknown)."""
         self.recorder.error(err.package_id, err, protocol=protocol, client=client, target=target)
         if err.package_id is not None:
             self.usage.error(err.package_id, err.code)
         log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
+        stats = self.stats
+        stats.refused(err)
+        if not final:
+            return
+        stats.outcome(protocol, err.code)
+        ended = time.monotonic()
+        if started:
+            stats.observe_request(protocol, ended - started)
+        if self.accesslog is not None:
+            status = int(err.socks_reply) if protocol == Protocol.SOCKS5 else err.spec.status
+            self.accesslog.put(
+                (time.time(), client, err.package_id, protocol, target, None, None, None,
+                 err.code, status, 0, 0, started, 0.0, 0.0, ended)
+            )  # fmt: skip
+
+    def served(
+        self,
+        admitted: Admitted,
+        client: str,
+        route: Route,
+        meter: Meter | Tally,
+        *,
+        started: float,
+        code: str = "OK",
+        status: int = 200,
+    ) -> None:
+        """A tunnel, SOCKS5 connection or forwarded request that was relayed has ended
+        (`code`: OK, or the error that stopped it mid-relay). No formatting here: the access
+        log gets the objects, its writer thread makes the line."""
+        ended = time.monotonic()
+        protocol = admitted.protocol
+        stats = self.stats
+        stats.outcome(protocol, code)
+        if started:
+            stats.observe_request(protocol, ended - started)
+        if self.accesslog is not None:
+            self.accesslog.put(
+                (time.time(), client, admitted.package.id, protocol, admitted.target,
+                 admitted.rules, route.node.id, route.exit, code, status, meter.up, meter.down,
+                 started, route.connect_started, route.connected, ended)
+            )  # fmt: skip
 
     def meter(
         self, admitted: Admitted, node: Node, on_stop: Callable[[GatewayError], None]
-    ) -> Meter | None:
-        """The live account one relayed connection ticks (None with `[proxy] metering` off,
-        a benchmark variant: then nothing is counted and caps are not enforced)."""
+    ) -> Meter | Tally:
+        """The live account one relayed connection ticks. With `[proxy] metering` off (a
+        benchmark variant) a `Tally` only counts bytes; caps are not enforced."""
         self.usage.request(admitted.package.id)
         if not self.proxy.metering:
-            return None
+            return Tally(self.stats)
         return self.usage.metering.open(admitted.package, node.attrs.network, on_stop)
 
     @staticmethod
-    def ticks(meter: Meter | None) -> tuple[Callable[[int], None], Callable[[int], None]]:
-        if meter is None:
-            return uncounted, uncounted
+    def ticks(meter: Meter | Tally) -> tuple[Callable[[int], None], Callable[[int], None]]:
         return meter.tick_up, meter.tick_down
