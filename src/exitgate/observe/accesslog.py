@@ -124,17 +124,17 @@ class AccessLog:
         self._thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Write what is queued (for at most `timeout` seconds) and stop the writer."""
+        """Write what is queued (for at most `timeout` seconds) and stop the writer; the
+        writer closes its file as it leaves. A writer stuck in a write (a FIFO nobody reads,
+        a hung disk) is left behind: it is a daemon thread, and the relay never waited."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._owned and self._out is not None:
-            try:
-                self._out.close()
-            except OSError as exc:
-                log.warning("access log %s: %s", self.target, exc.strerror)
-            self._out = None
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("access log %s: writer still blocked at close", self.target)
+            else:
+                self._thread = None
 
     # -- the writer thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -145,11 +145,19 @@ class AccessLog:
             except OSError as exc:
                 log.error("access log %s cannot be opened: %s", self.target, exc.strerror)
                 return
-        while True:
-            stopping = self._stop.wait(self.interval)
-            self._drain()
-            if stopping:
-                return
+        try:
+            while True:
+                stopping = self._stop.wait(self.interval)
+                self._drain()
+                if stopping:
+                    return
+        finally:
+            if self._owned and self._out is not None:
+                try:
+                    self._out.close()
+                except OSError as exc:
+                    log.warning("access log %s: %s", self.target, exc.strerror)
+                self._out = None
 
     def _drain(self) -> None:
         queue = self.queue
