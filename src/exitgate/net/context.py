@@ -98,12 +98,17 @@ class ProxyContext:
         stats.outcome(protocol, code)
         if started:
             stats.observe_request(protocol, ended - started)
-        if self.accesslog is not None:
-            self.accesslog.put(
-                (time.time(), client, admitted.package.id, protocol, admitted.target,
-                 admitted.rules, route.node.id, route.exit, code, status, meter.up, meter.down,
-                 started, route.connect_started, route.connected, ended)
-            )  # fmt: skip
+        log = self.accesslog
+        if log is None:
+            return
+        if len(log.queue) >= log.capacity:  # full: drop before building anything
+            stats.accesslog_dropped += 1
+            return
+        log.put(
+            (time.time(), client, admitted.package.id, protocol, admitted.target,
+             admitted.rules, route.node.id, route.exit, code, status, meter.up, meter.down,
+             started, route.connect_started, route.connected, ended)
+        )  # fmt: skip
 
     def meter(
         self, admitted: Admitted, node: Node, on_stop: Callable[[GatewayError], None]
