@@ -237,3 +237,30 @@ def test_ten_thousand_requests_from_a_thousand_packages_add_no_series(gw: Gatewa
     origin.server_close()
     assert value(after, "exitgate_requests_total", protocol="http", code="OK") == 10_001
     assert series(after) == series(before)
+
+
+def test_agents_connected_and_reconnects(tmp_path: Path) -> None:
+    from tests.support.agents import HUB_TOKEN, ThreadAgent, attach_hub, wait_online, wait_until
+
+    gw = GatewayThread(tmp_path, hub={"token": HUB_TOKEN})
+    try:
+        hub = attach_hub(gw)
+        first = ThreadAgent(hub, "metrics-agent")
+        wait_online(gw, "metrics-agent")
+        families = scrape(gw)
+        assert value(families, "exitgate_agents_connected") == 1
+        assert value(families, "exitgate_agent_reconnects_total") == 0
+        first.stop()
+        wait_until(lambda: "metrics-agent" not in hub.live, 5)
+        assert value(scrape(gw), "exitgate_agents_connected") == 0
+        second = ThreadAgent(hub, "metrics-agent")
+        try:
+            wait_online(gw, "metrics-agent")
+            families = scrape(gw)
+            assert value(families, "exitgate_agents_connected") == 1
+            assert value(families, "exitgate_agent_reconnects_total") == 1
+            assert value(families, "exitgate_nodes", kind="agent", state="online") == 1
+        finally:
+            second.stop()
+    finally:
+        gw.stop()
