@@ -21,7 +21,6 @@ from tests.support.origin import EchoServer, Origin
 from tests.support.socks import socks5_connect
 
 MB = 1_000_000
-SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "info": ("_info",)}
 
 
 def scrape(gw: GatewayThread) -> dict[str, Metric]:

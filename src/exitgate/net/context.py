@@ -72,7 +72,10 @@ class ProxyContext:
         if started:
             stats.observe_request(protocol, ended - started)
         if self.accesslog is not None:
-            status = int(err.socks_reply) if protocol == Protocol.SOCKS5 else err.spec.status
+            if protocol != Protocol.SOCKS5:
+                status = err.spec.status
+            else:  # the reply byte, or RFC 1929's failure status for credential errors
+                status = 1 if err.spec.socks_auth else int(err.socks_reply)
             self.accesslog.put(
                 (time.time(), client, err.package_id, protocol, target, None, None, None,
                  err.code, status, 0, 0, started, 0.0, 0.0, ended)
