@@ -126,7 +126,7 @@ class AccountService:
         async with self._write:
             result = await asyncio.to_thread(self.store.record_usage, deltas, debits)
             for org in result.orgs:
-                self.registry.put_org(org)
+                self.registry.put_org(org, quiet=True)
             if after is not None:
                 try:
                     after(result)

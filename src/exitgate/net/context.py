@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exitgate.admission import Admission, Admitted
-from exitgate.errors import GatewayError
+from exitgate.errors import Code, GatewayError
 from exitgate.model import Node, Protocol
 from exitgate.net.conn import Conn
 from exitgate.net.connect import Connector, Route
@@ -20,6 +20,7 @@ from exitgate.services import UsageService
 from exitgate.settings import ExitSettings, ProxySettings
 
 log = logging.getLogger("exitgate.proxy")
+_SUMMARISED = frozenset({Code.AUTH_FAILED, Code.AUTH_THROTTLED})
 
 
 def uncounted(n: int) -> None:
@@ -62,7 +63,8 @@ class ProxyContext:
         self.recorder.error(err.package_id, err, protocol=protocol, client=client, target=target)
         if err.package_id is not None:
             self.usage.error(err.package_id, err.code)
-        log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
+        if err.code not in _SUMMARISED:  # those: one summary per address (auth_reports)
+            log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
         stats = self.stats
         stats.refused(err)
         if not final:

@@ -160,12 +160,14 @@ class GatewayCollector(Collector):
                 value=reconnects,
             )
 
-        if src.sessions is not None:
-            yield GaugeMetricFamily(
-                "exitgate_sessions_live",
-                "Sticky sessions held (expired ones not yet reclaimed included)",
-                value=len(src.sessions),
-            )
+        # With a shared (Redis) session store there is no cheap count: the family is listed
+        # without a sample, and the admin API lists the sessions.
+        yield GaugeMetricFamily(
+            "exitgate_sessions_live",
+            "Sticky sessions held in this instance's store (expired ones not yet reclaimed "
+            "included); no sample with a shared session store",
+            value=len(src.sessions) if src.sessions is not None else None,
+        )
 
         limits = CounterMetricFamily(
             "exitgate_limit_rejections",
