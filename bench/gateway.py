@@ -52,6 +52,7 @@ class Instance:
     name: str
     workdir: Path
     metering: bool = True
+    extra: str = ""  # more TOML appended to the config (the access-log benchmark's sections)
     proxy_port: int = 0
     admin_port: int = 0
     hub_port: int = 0
@@ -89,6 +90,7 @@ allow_private = true
 [log]
 level = "warning"
 """
+            + self.extra
         )
         return path
 

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sized
 from dataclasses import dataclass
 
 import uvicorn
@@ -38,6 +38,8 @@ from exitgate.net.context import ProxyContext
 from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
 from exitgate.net.udp_assoc import UdpService
+from exitgate.observe.accesslog import AccessLog
+from exitgate.observe.metrics import Sources, metrics_router
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
@@ -148,7 +150,8 @@ class Gateway:
         self.recorder = Recorder()
         self.throttle = throttle_from(settings.auth)  # failed authentications per address
         self._auth_log: asyncio.Task[None] | None = None
-        self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
+        self.stats = LiveStats()  # the data path's live figures: /metrics, the dashboard
+        self.accesslog: AccessLog | None = None
         hooks = settings.webhooks
         # webhooks off: a bus that keeps nothing (every emit is a counted drop)
         capacity = 10_000 if hooks.enabled else 0
@@ -266,6 +269,7 @@ class Gateway:
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
+        self.stats.metered = metering.relayed
         limiter = self.limiter
 
         def gate5(package: Package) -> Awaitable[Lease]:
@@ -302,13 +306,23 @@ class Gateway:
             # A shared database: other instances write too. Re-read it (the registry's
             # `apply` notifies only real changes, so the node index follows cheaply).
             self._refresh = spawn(self._refresh_registry(store), "registry-refresh")
+        if settings.accesslog.target != "off":
+            self.accesslog = AccessLog(
+                settings.accesslog.target,
+                self.stats,
+                capacity=settings.accesslog.queue,
+                interval=settings.accesslog.flush_interval,
+            )
+            self.accesslog.start()
         ctx = ProxyContext(
             proxy=settings.proxy,
             exit=settings.exit,
             admission=admission,
-            connector=Connector(self.index, dialer, self.router),
+            connector=Connector(self.index, dialer, self.router, self.stats),
             recorder=self.recorder,
             usage=self.usage,
+            stats=self.stats,
+            accesslog=self.accesslog,
         )
         ctx.udp = UdpService.build(
             settings.udp, self.router, policy, settings.exit.connect_timeout, self.hub
@@ -317,6 +331,7 @@ class Gateway:
         if settings.proxy.tls_cert:
             tls = tls_context(settings.proxy.tls_cert, settings.proxy.tls_key)
         self.proxy = ProxyServer(ctx, tls)
+        self.stats.clients = self.proxy.clients
         proxy_bound = await self.proxy.listen(settings.proxy.listen)
         extra = []
         if settings.proxy.http_listen:
@@ -388,6 +403,24 @@ class Gateway:
     def _webhook_routers(self) -> list[APIRouter]:
         return [] if self.webhooks is None else [webhook_routes(self.webhooks)]
 
+    def _metrics_sources(self) -> Sources:
+        hub, usage = self.hub, self.usage
+
+        def agents() -> tuple[int, int]:
+            return (len(hub.live), hub.reconnects) if hub is not None else (0, 0)
+
+        def flushed_at() -> float:
+            return usage.flushed_at if usage is not None else time.time()
+
+        store = self.sessions.store
+        return Sources(
+            stats=self.stats,
+            nodes=self.registry.nodes.values,
+            agents=agents,
+            sessions=store if isinstance(store, Sized) else None,
+            flushed_at=flushed_at,
+        )
+
     async def _start_admin(self) -> tuple[str, int]:
         if not self.settings.admin.listen:
             return ("", 0)  # a worker other than the first: worker 0 serves the admin API
@@ -397,6 +430,7 @@ class Gateway:
             self.service,
             self.token,
             extra_routers=[*self._routers(), *self._webhook_routers()],
+            public_routers=[metrics_router(self._metrics_sources())],
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
             max_body_bytes=self.settings.admin.max_body_bytes,
@@ -445,6 +479,8 @@ class Gateway:
             await self.keeper.close()
         if self.usage is not None:
             await self.usage.close()
+        if self.accesslog is not None:
+            await asyncio.to_thread(self.accesslog.close, grace)
         if self.counters is not None:
             await self.counters.close()
         closer = getattr(self.sessions.store, "close", None)

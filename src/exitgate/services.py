@@ -226,6 +226,8 @@ class UsageService:
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[bool]] = set()
         self.shared = False  # several instances write this store: re-base caps every interval
+        # wall time of the last flush that left nothing behind (`/metrics` shows the lag)
+        self.flushed_at = time.time()
 
     # -- life ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -299,13 +301,18 @@ class UsageService:
     async def flush(self) -> bool:
         """Write everything not yet written; False when the store failed (kept for later)."""
         async with self._lock:
+            taken = time.time()
             batch = self.book.take()
             if batch is None:
+                self.flushed_at = taken
                 return True
             write = spawn(self._write(batch), "usage-write")
             self._writes.add(write)
             write.add_done_callback(self._writes.discard)
-            return await asyncio.shield(write)
+            ok = await asyncio.shield(write)
+            if ok:
+                self.flushed_at = taken
+            return ok
 
     async def _write(self, batch: UsageBatch) -> bool:
         def after(result: UsageRecorded) -> None:

@@ -238,6 +238,26 @@ class WebhookSettings(_Section):
         return v
 
 
+class AccessLogSettings(_Section):
+    """`[accesslog]`: one JSON line per tunnel, SOCKS5 connection and forwarded request.
+
+    `target`: "off" (default), "stdout", "stderr", or a file path (appended to; a FIFO
+    works). `queue`: lines held for the writer; past it lines are dropped and counted
+    (`exitgate_accesslog_dropped_total`). `flush_interval`: seconds between writes."""
+
+    target: str = "off"
+    queue: int = Field(default=65536, ge=1)
+    flush_interval: float = Field(default=0.2, gt=0, le=10)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError('"off", "stdout", "stderr" or a file path')
+        return v
+
+
 class Settings(_Section):
     proxy: ProxySettings = ProxySettings()
     admin: AdminSettings = AdminSettings()
@@ -252,6 +272,7 @@ class Settings(_Section):
     geo: GeoSettings = GeoSettings()
     log: LogSettings = LogSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    accesslog: AccessLogSettings = AccessLogSettings()
 
     @property
     def data_dir(self) -> Path:

@@ -131,6 +131,8 @@ class Hub:
         self.limits = limits or MuxLimits()
         self.links: set[AgentLink] = set()
         self.live: dict[str, AgentLink] = {}
+        self.seen: set[str] = set()  # agent ids registered since start (for `reconnects`)
+        self.reconnects = 0  # registrations of an id registered before (/metrics)
         self.book = AgentBook(service, registry, self._wanted)
         self.address: tuple[str, int] = ("", 0)
         self.hello_timeout = HELLO_TIMEOUT
@@ -215,6 +217,9 @@ class Hub:
             self.refuse(link, HelloError(RefusalKind.BUSY, reason), hello.agent_id)
             return
         self.live[hello.agent_id] = link
+        if hello.agent_id in self.seen:
+            self.reconnects += 1
+        self.seen.add(hello.agent_id)
         if previous is not None:
             log.warning(
                 "agent %s connected again from %s; closing its silent connection from %s",

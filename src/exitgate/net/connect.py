@@ -12,6 +12,7 @@ the node that connection goes through, no new dial is needed (`reuse`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from exitgate.errors import GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.dial import Dialer, NodeFailure
+from exitgate.observe.stats import LiveStats
 from exitgate.routing.failover import Fail, Router
 from exitgate.routing.health import Lease
 from exitgate.routing.index import NodeIndex
@@ -34,13 +36,21 @@ class Route:
     node: Node
     session: SessionOutcome | None = None  # None: the request has no session
     lease: Lease | None = None  # the node's in-flight slot, for `Connector.done`
+    # time.monotonic() when routing began and when the exit connection was ready (0.0: a kept
+    # connection, no routing); the exit IP the target sees, when known. For the access log.
+    connect_started: float = 0.0
+    connected: float = 0.0
+    exit: str | None = None
 
 
 class Connector:
-    def __init__(self, index: NodeIndex, dialer: Dialer, router: Router) -> None:
+    def __init__(
+        self, index: NodeIndex, dialer: Dialer, router: Router, stats: LiveStats | None = None
+    ) -> None:
         self.index = index
         self.dialer = dialer
         self.router = router
+        self.stats = stats if stats is not None else LiveStats()
 
     async def connect(self, admitted: Admitted, reuse: Reuse | None = None) -> Route:
         """Gates 6 (session rules) and 7 (select, dial, fail over) for one request."""
@@ -51,6 +61,7 @@ class Connector:
             raise
 
     async def _connect(self, admitted: Admitted, reuse: Reuse | None) -> Route:
+        began = time.monotonic()
         attempt = await self.router.begin(admitted.package.id, admitted.rules, admitted.filters)
         try:
             while True:
@@ -59,6 +70,7 @@ class Connector:
                     raise step.error()
                 conn = reuse(step.node) if reuse is not None else None
                 if conn is None:
+                    dialing = time.monotonic()
                     try:
                         conn = await self.dialer.dial(step.node, admitted.target)
                     except NodeFailure as exc:
@@ -67,8 +79,11 @@ class Connector:
                     except GatewayError:
                         await attempt.target_failed()
                         raise
+                    self.stats.observe_connect(step.node.kind, time.monotonic() - dialing)
                 ok = await attempt.succeeded()
-                return Route(conn, ok.node, ok.session, ok.lease)
+                return Route(
+                    conn, ok.node, ok.session, ok.lease, began, time.monotonic(), ok.node.ip or None
+                )
         finally:
             attempt.close()
 

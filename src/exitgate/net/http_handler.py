@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,6 +161,8 @@ class HttpSession:
         self.tick_down: Callable[[int], None] = uncounted
         self.session_header = b""
         self._answering = False  # a final response head went (or is going) to the client
+        self.started = 0.0  # time.monotonic() when the current request's head arrived
+        self.status = 0  # the current forwarded response's status (access log)
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
@@ -174,6 +177,7 @@ class HttpSession:
                 except HttpError as exc:
                     self.conn.write(plain_response(exc.status, exc.reason, str(exc)))
                     return
+                self.started = time.monotonic()
                 self.conn.clear_deadline()
                 if head.method == "CONNECT":
                     await self.tunnel(head)
@@ -197,7 +201,9 @@ class HttpSession:
             self.kept = None
 
     def _fail(self, err: GatewayError, target: str, protocol: Protocol, *, close: bool) -> None:
-        self.ctx.rejected(err, protocol=protocol, client=self.client, target=target)
+        self.ctx.rejected(
+            err, protocol=protocol, client=self.client, target=target, started=self.started
+        )
         self.conn.write(http_error_response(err, close=close))
 
     # -- CONNECT ----------------------------------------------------------------------------
@@ -228,7 +234,8 @@ class HttpSession:
             + session_header(route)
             + b"\r\n"
         )
-        start_tunnel(ctx, admitted, self.conn, route, answer)  # owns the leases from here
+        # owns the leases from here
+        start_tunnel(ctx, admitted, self.conn, route, answer, started=self.started)
 
     # -- absolute-form forwarding -----------------------------------------------------------
     async def forward(self, head: RequestHead) -> bool:
@@ -297,10 +304,16 @@ class HttpSession:
         has_body = body_kind is not BodyKind.NONE
         upstream, node = route.conn, route.node
         self.session_header = session_header(route)
+        outcome = ""  # how the request ended; "": answered by `_fail` (counted there)
 
         def stop(err: GatewayError) -> None:
+            nonlocal outcome
+            outcome = err.code
             err.package_id = admitted.package.id
-            ctx.rejected(err, protocol=Protocol.HTTP, client=self.client, target=target.authority)
+            ctx.rejected(
+                err, protocol=Protocol.HTTP, client=self.client, target=target.authority,
+                final=False,
+            )  # fmt: skip
             self.conn.abort()
             upstream.abort()
 
@@ -308,6 +321,8 @@ class HttpSession:
         self.tick_up, self.tick_down = ctx.ticks(meter)
         self._answering = False
         body = _BodyProgress()
+        ctx.stats.tunnels_active += 1
+        self.status = 0
         try:
             out_head = forward_request_head(head, target, path)
             upstream.write(out_head)
@@ -325,25 +340,35 @@ class HttpSession:
                         pump.cancel()  # an early answer: the rest of the body is not wanted
                     with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                         await pump
+            # a request body that broke after the response: the client is told below
+            outcome = outcome or ("ABORTED" if body.error is not None else "OK")
         except _Malformed as bad:
+            outcome = outcome or Code.TARGET_UNREACHABLE  # recorded by `_malformed`
             self._drop_kept()
             self._malformed(bad, admitted)
             return False
         except GatewayError as err:
             self._drop_kept()
             if body.error is not None:  # the target went because the request body broke
+                outcome = outcome or "ABORTED"
                 self._body_failed(body.error)
                 return False
             self._fail(err, target.authority, Protocol.HTTP, close=True)
             return False
         except ConnectionClosed:
+            outcome = outcome or "ABORTED"  # client or target left before the response ended
             self._drop_kept()
             if body.error is not None:
                 self._body_failed(body.error)
             return False
         finally:
-            if meter is not None:
-                meter.close()
+            ctx.stats.tunnels_active -= 1
+            meter.close()
+            if outcome:
+                ctx.served(
+                    admitted, self.client, route, meter,
+                    started=self.started, code=outcome, status=self.status,
+                )  # fmt: skip
         if body.error is not None:
             self._body_failed(body.error)
             return False
@@ -440,6 +465,7 @@ class HttpSession:
                         continue
                     response, used = parsed
                     upstream.consume(used)
+                    self.status = response.status
                     if 100 <= response.status < 200 and response.status != 101:
                         interim = forward_response_head(
                             response, close=False, client_version=request.version

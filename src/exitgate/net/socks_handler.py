@@ -9,6 +9,8 @@ deadline set at accept; the dial has its own (connect) timeout.
 
 from __future__ import annotations
 
+import time
+
 from exitgate.admission import Identity
 from exitgate.errors import Code, GatewayError, SocksReply
 from exitgate.model import Protocol, Target
@@ -39,6 +41,7 @@ class SocksSession:
         self.client = conn.peername[0]
         self.core = Socks5Server()
         self.udp = False  # the request is a UDP ASSOCIATE (net/udp_assoc.py)
+        self.started = 0.0  # time.monotonic() when the CONNECT request arrived
 
     async def _next(self) -> Greeting | Credentials | Request:
         buffer = self.conn.buffer
@@ -104,7 +107,11 @@ class SocksSession:
     def _refuse(self, err: GatewayError, target: Target) -> None:
         self.conn.write(self.core.reply(err.socks_reply))
         self.ctx.rejected(
-            err, protocol=Protocol.SOCKS5, client=self.client, target=target.authority
+            err,
+            protocol=Protocol.SOCKS5,
+            client=self.client,
+            target=target.authority,
+            started=self.started,
         )
 
     async def run(self) -> None:
@@ -118,6 +125,7 @@ class SocksSession:
         if negotiated is None:
             return
         identity, target = negotiated
+        self.started = time.monotonic()
         if self.udp:
             await associate(ctx, self.conn, self.core, identity, target)
             return
@@ -139,4 +147,8 @@ class SocksSession:
         early = self.core.trailing_data()
         if early:
             self.conn.buffer[:0] = early
-        start_tunnel(ctx, admitted, self.conn, route, answer)  # owns the leases from here
+        # owns the leases from here
+        start_tunnel(
+            ctx, admitted, self.conn, route, answer,
+            started=self.started, status=SocksReply.SUCCEEDED,
+        )  # fmt: skip
