@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import APIRouter, HTTPException
 
 from exitgate.admin.api import create_admin_app
+from exitgate.admin.api_bans import bans_router
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
@@ -35,12 +36,14 @@ from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
 from exitgate.registry import Registry, Snapshot
+from exitgate.routing.domains import BanTable, DomainMemory
 from exitgate.routing.failover import Router
 from exitgate.routing.health import NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.sessions import SessionTable
 from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
+from exitgate.store.bans import MemoryBanStore
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.counters import Counters, open_counters
 from exitgate.store.sessions import MemorySessionStore
@@ -115,6 +118,12 @@ class Gateway:
             MemorySessionStore(settings.sessions.idle_timeout), time.time
         )
         self.router: Router | None = None
+        domains = settings.domains
+        self.bans = BanTable(
+            MemoryBanStore(domains.max_bans),
+            DomainMemory(domains.memory, domains.exits_per_domain),
+            time.time,
+        )
         self.hub: Hub | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -154,6 +163,7 @@ class Gateway:
             await asyncio.sleep(interval)
             try:
                 await self.sessions.expire()
+                await self.bans.expire()
             except Exception as exc:  # a shared backend's hiccup: the next round retries
                 log.warning("session expiry failed: %s", exc)
 
@@ -190,7 +200,9 @@ class Gateway:
             allow_private=settings.exit.allow_private,
         )
         dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
-        self.router = Router(self.index, self.health, self.sessions)
+        self.router = Router(
+            self.index, self.health, self.sessions, bans=self.bans, memory=self.bans.memory
+        )
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
         if not settings.store.url.startswith("sqlite"):
             # A shared database: other instances write too. Re-read it (the registry's
@@ -262,7 +274,11 @@ class Gateway:
             if not await sessions.end(package_id, session_id):
                 raise HTTPException(404, f"session not found: {session_id}")
 
-        return [router]
+        def node_known(node_id: str) -> bool:
+            return self.index.get(node_id) is not None
+
+        bans = bans_router(self.bans, lambda p: registry.package(p) is not None, node_known)
+        return [router, bans]
 
     async def _start_admin(self) -> tuple[str, int]:
         if self.service is None or self.usage is None:

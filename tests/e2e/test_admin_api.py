@@ -184,6 +184,7 @@ def test_package_create_defaults_and_key_only_once(api: AdminServer) -> None:
         "protocols": ["http", "https", "socks5"],
         "networks": ["dc", "mob", "res"],
         "rules": None,
+        "autoban": None,
     }
     shown = api.http.get(f"/v1/packages/{created['id']}")
     assert shown.json() == {**created, "usage": {"bytes_up": 0, "bytes_down": 0, "requests": 0}}

@@ -211,6 +211,7 @@ def _package_routes(
             protocols=frozenset(body.protocols),
             networks=frozenset(body.networks),
             rules=None if body.rules is None else frozenset(body.rules),
+            autoban=None if body.autoban is None else body.autoban.value(),
         )
         try:
             package, key = await service.create_package(new)
@@ -248,6 +249,7 @@ def _package_routes(
             protocols=UNSET if body.protocols is None else frozenset(body.protocols),
             networks=UNSET if body.networks is None else frozenset(body.networks),
             rules=pick("rules", None if body.rules is None else frozenset(body.rules)),
+            autoban=pick("autoban", None if body.autoban is None else body.autoban.value()),
         )
         return PackageOut.of(await service.update_package(package_id, update))
 

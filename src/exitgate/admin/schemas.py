@@ -35,7 +35,16 @@ from pydantic import (
 )
 
 from exitgate.geo import COUNTRY_CODES
-from exitgate.model import IPNetwork, Network, Node, NodeState, Org, Package, PackageStatus
+from exitgate.model import (
+    AutoBan,
+    IPNetwork,
+    Network,
+    Node,
+    NodeState,
+    Org,
+    Package,
+    PackageStatus,
+)
 from exitgate.model import Protocol as ClientProtocol
 from exitgate.rules import RULE_NAMES
 from exitgate.store.base import UsageBucket
@@ -175,6 +184,18 @@ class OrgOut(BaseModel):
 # -- packages
 
 
+class AutoBanIn(_Body):
+    """Issue 13: ban the exit for the domain when a forwarded response has these statuses."""
+
+    statuses: list[Annotated[int, Field(strict=True, ge=100, le=599)]] = Field(
+        min_length=1, max_length=20
+    )
+    ttl: int = Field(default=600, strict=True, ge=1, le=604_800)
+
+    def value(self) -> AutoBan:
+        return AutoBan(frozenset(self.statuses), self.ttl)
+
+
 class PackageCreate(_Body):
     org_id: str = Field(min_length=1, max_length=40)
     name: str = Field(default="", max_length=200)
@@ -186,6 +207,7 @@ class PackageCreate(_Body):
     protocols: list[ClientProtocol] = Field(default_factory=lambda: list(ClientProtocol))
     networks: list[Network] = Field(default_factory=lambda: list(Network))
     rules: list[RuleName] | None = None  # None: every rule
+    autoban: AutoBanIn | None = None  # None: no automatic bans
 
     _nn = field_validator("name", "status", "ip_allowlist", "protocols", "networks", mode="before")(
         _not_null
@@ -205,6 +227,7 @@ class PackagePatch(_Body):
     protocols: list[ClientProtocol] | None = None
     networks: list[Network] | None = None
     rules: list[RuleName] | None = None
+    autoban: AutoBanIn | None = None  # null: automatic bans off
 
     _nn = field_validator("name", "status", "ip_allowlist", "protocols", "networks", mode="before")(
         _not_null
@@ -270,6 +293,7 @@ class PackageOut(BaseModel):
     protocols: list[ClientProtocol]
     networks: list[Network]
     rules: list[str] | None  # None: every rule
+    autoban: dict[str, Any] | None = None  # {"statuses": [...], "ttl": s}; None: off
 
     @classmethod
     def fields_of(cls, p: Package) -> dict[str, Any]:
@@ -285,6 +309,9 @@ class PackageOut(BaseModel):
             "protocols": sorted(p.protocols),
             "networks": sorted(p.networks),
             "rules": None if p.rules is None else sorted(p.rules),
+            "autoban": None
+            if p.autoban is None
+            else {"statuses": sorted(p.autoban.statuses), "ttl": p.autoban.ttl},
         }
 
     @classmethod

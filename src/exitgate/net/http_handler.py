@@ -24,6 +24,7 @@ from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
 from exitgate.net.relay import start_tunnel
+from exitgate.routing.domains import BAN_HEADER
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
     MALFORMED,
@@ -133,6 +134,18 @@ def session_header(route: Route) -> bytes:
     return b"X-Exitgate-Session: " + route.session.value.encode() + b"\r\n"
 
 
+def exit_header(route: Route) -> bytes:
+    """`X-Exitgate-Node: <uid>`: the exit that served, for `X-Exitgate-Ban` (issue 13)."""
+    return b"X-Exitgate-Node: " + route.node.id.encode("latin-1") + b"\r\n"
+
+
+async def apply_ban(ctx: ProxyContext, head: RequestHead, admitted: Admitted) -> None:
+    """An `X-Exitgate-Ban` request header bans before the request is routed (issue 13)."""
+    raw = head.get(BAN_HEADER)
+    if raw:
+        await ctx.connector.ban_requested(admitted, raw.decode("latin-1"))
+
+
 def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
     raw = head.get(b"respond-with")
     if not raw:
@@ -165,6 +178,7 @@ class HttpSession:
         self.tick_up: Callable[[int], None] = uncounted
         self.tick_down: Callable[[int], None] = uncounted
         self.session_header = b""
+        self.admitted: Admitted | None = None  # the request in `_exchange`, for auto-bans
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
@@ -218,6 +232,7 @@ class HttpSession:
             self._fail(err, target.authority, Protocol.HTTPS, close=True)
             return
         try:
+            await apply_ban(ctx, head, admitted)
             route = await ctx.connector.connect(admitted)
         except BaseException as exc:
             admitted.lease.release()
@@ -229,6 +244,7 @@ class HttpSession:
         answer = (
             f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
             + session_header(route)
+            + exit_header(route)
             + b"\r\n"
         )
         start_tunnel(ctx, admitted, self.conn, route, answer)  # owns the leases from here
@@ -267,6 +283,7 @@ class HttpSession:
         target = admitted.target
         has_body = body_kind is not BodyKind.NONE
         try:
+            await apply_ban(ctx, head, admitted)
             route = await self._upstream_for(admitted)
         except GatewayError as err:
             self._fail(err, target.authority, Protocol.HTTP, close=has_body)
@@ -293,7 +310,8 @@ class HttpSession:
         target = admitted.target
         has_body = body_kind is not BodyKind.NONE
         upstream, node = route.conn, route.node
-        self.session_header = session_header(route)
+        self.session_header = session_header(route) + exit_header(route)
+        self.admitted = admitted
 
         def stop(err: GatewayError) -> None:
             err.package_id = admitted.package.id
@@ -351,6 +369,7 @@ class HttpSession:
             self._drop_kept()
         elif (
             admitted.rules.session is None
+            and self.ctx.connector.router.memory is None  # spreading: the router chooses
             and usable.node.id in self.ctx.connector.index
             and self.ctx.connector.index.matches(usable.node, admitted.filters)
         ):
@@ -411,6 +430,8 @@ class HttpSession:
                 f"{target.authority} sent an invalid response: {exc.reason}",
                 proxy_status="http_protocol_error",
             ) from None
+        if self.admitted is not None:
+            await self.ctx.connector.response_status(self.admitted, node, response.status)
         kind, length = response_body(response, request.method)
         reusable = (
             kind is not BodyKind.UNTIL_CLOSE

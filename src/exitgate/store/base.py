@@ -30,6 +30,7 @@ from typing import Final, Protocol
 from exitgate.model import (
     ALL_NETWORKS,
     ALL_PROTOCOLS,
+    AutoBan,
     IPNetwork,
     Limits,
     Network,
@@ -83,6 +84,7 @@ class NewPackage:
     protocols: frozenset[ClientProtocol] = ALL_PROTOCOLS
     networks: frozenset[Network] = ALL_NETWORKS
     rules: frozenset[str] | None = None
+    autoban: AutoBan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class PackageUpdate:
     protocols: frozenset[ClientProtocol] | Unset = UNSET
     networks: frozenset[Network] | Unset = UNSET
     rules: frozenset[str] | Unset | None = UNSET
+    autoban: AutoBan | Unset | None = UNSET
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ from exitgate.store.sql_schema import (
     usage_hours,
     usage_totals,
 )
+from exitgate.store.sql_upgrade import add_missing_columns, autoban_from, autoban_to
 
 _COUNTS = ("bytes_up", "bytes_down", "requests")
 
@@ -82,6 +83,7 @@ class SqlStore:
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.Lock() if self._is_sqlite else None
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -149,6 +151,7 @@ class SqlStore:
                     networks=sorted(n.value for n in new.networks),
                     rules=None if new.rules is None else sorted(new.rules),
                     created_at=time.time(),
+                    autoban=autoban_to(new.autoban),
                 )
             )
             return self._package(conn, package_id)
@@ -177,6 +180,8 @@ class SqlStore:
             values["networks"] = sorted(n.value for n in update.networks)
         if update.rules is not UNSET:
             values["rules"] = None if update.rules is None else sorted(update.rules)
+        if update.autoban is not UNSET:
+            values["autoban"] = autoban_to(update.autoban)
         with self._tx() as conn:
             self._update(conn, packages, "package", package_id, values)
             return self._package(conn, package_id)
@@ -465,6 +470,7 @@ def _package_from(row: RowMapping) -> Package:
         protocols=frozenset(Protocol(p) for p in row["protocols"]),
         networks=frozenset(Network(n) for n in row["networks"]),
         rules=None if rules is None else frozenset(rules),
+        autoban=autoban_from(row["autoban"]),
     )
 
 

@@ -43,6 +43,9 @@ packages = sa.Table(
     sa.Column("networks", sa.JSON, nullable=False),
     sa.Column("rules", sa.JSON(none_as_null=True), nullable=True),  # NULL: every rule
     sa.Column("created_at", sa.Float, nullable=False),
+    # issue 13: {"statuses": [403, 429], "ttl": 600}; NULL: no automatic bans. Added to
+    # older databases at start (store/sql_upgrade.py).
+    sa.Column("autoban", sa.JSON(none_as_null=True), nullable=True),
 )
 
 nodes = sa.Table(
