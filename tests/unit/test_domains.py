@@ -22,7 +22,7 @@ from exitgate.routing.select import Filters
 from exitgate.routing.sessions import SessionOutcome, SessionTable
 from exitgate.rules import Rules
 from exitgate.store.bans import Ban, MemoryBanStore
-from exitgate.store.sessions import MemorySessionStore, SessionKey, SessionTimings
+from exitgate.store.sessions import NO_TIMINGS, MemorySessionStore, SessionKey, SessionTimings
 from tests.unit.test_failover import Clock, us
 from tests.unit.test_sessions import T0, run
 
@@ -129,7 +129,7 @@ class Lab:
         self.failing: set[str] = set()
 
     def request(
-        self, rules: Rules, domain: str = "x.com", timings: SessionTimings = SessionTimings()
+        self, rules: Rules, domain: str = "x.com", timings: SessionTimings = NO_TIMINGS
     ) -> Success | Fail:
         attempt = run(self.router.begin("p", rules, Filters(country="us"), domain, timings))
         try:
