@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -66,10 +66,13 @@ class DomainMemory:
     def __len__(self) -> int:
         return len(self._lru)
 
-    def recent(self, package_id: str, domain: str) -> Sequence[str]:
-        """Exits that served the domain, least recent first (empty: none remembered)."""
+    def recent(self, package_id: str, domain: str) -> Collection[str]:
+        """Exits that served the domain, least recent first (empty: none remembered).
+
+        A live view (no copy on the hot path): read it before the request's success is
+        recorded, or copy it."""
         found = self._lru.get((package_id, domain))
-        return tuple(found) if found else ()
+        return found.keys() if found else ()
 
     def last(self, package_id: str, domain: str) -> str | None:
         found = self._lru.get((package_id, domain))

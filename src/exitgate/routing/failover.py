@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, KeysView
 from dataclasses import dataclass
 
 from exitgate.errors import Code, GatewayError
@@ -220,6 +220,14 @@ class Attempts:
         return TryNew(frozenset(self._tried), self._first if self._lookalike else None)
 
 
+def _with(skip: Collection[str], spread: Collection[str]) -> Collection[str]:
+    if not spread:
+        return skip
+    if isinstance(spread, KeysView):  # DomainMemory's view: one set operation, no copy
+        return spread | skip
+    return frozenset(spread).union(skip)
+
+
 def _times(retries: int) -> str:
     return "1 retry" if retries == 1 else f"{retries} retries"
 
@@ -290,7 +298,7 @@ class Router:
         filters: Filters,
         exclude: Collection[str],
         like: str | None,
-        spread: Sequence[str] = (),
+        spread: Collection[str] = (),
     ) -> Node | None:
         """A node for `filters` outside `exclude` and the cooling nodes; lookalike tiers first.
 
@@ -313,7 +321,7 @@ class Router:
         for tier in tiers:
             node = index.select(
                 tier,
-                exclude=frozenset(skip).union(spread) if spread else skip,
+                exclude=_with(skip, spread),
                 load=self.health.load,
                 rng=self.rng,
             )
@@ -353,7 +361,7 @@ class Attempt:
         self._banned = banned
         # spreading over the domain's exits: sessionless requests only
         memory = router.memory
-        self._spread: Sequence[str] = (
+        self._spread: Collection[str] = (
             memory.recent(package_id, domain)
             if plan is None and memory is not None and domain is not None
             else ()
