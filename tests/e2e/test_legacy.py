@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from exitgate.errors import Code
+from exitgate.store.base import NodeUpdate
 from tests.support.gateway import GatewayThread
 from tests.support.origin import Origin
 
@@ -128,3 +129,27 @@ def test_sessionlength_ends_a_busy_legacy_session(lab: Lab, origin: Origin) -> N
         time.sleep(0.3)
     time.sleep(max(0.0, 2.1 - (time.monotonic() - start)))
     assert lab.get(origin, user).headers["X-Exitgate-Session"] == "new"
+
+
+def test_bindttl_keeps_a_failing_exit_then_lets_it_be_replaced(
+    gw: GatewayThread, origin: Origin
+) -> None:
+    pkg, key = gw.package()
+    nodes = {ip: gw.direct_node(bind=ip, country="fr") for ip in ("127.0.0.5", "127.0.0.6")}
+    user = f"package-{pkg.id}-country-fr-sessionid-held1-sessionlength-600-bindttl-2"
+
+    def get() -> requests.Response:
+        proxy = gw.proxy_url(user, key)
+        return requests.get(f"{origin.url}/ip", proxies={"http": proxy}, timeout=TIMEOUT)
+
+    start = time.monotonic()
+    first = ip_of(get())
+    # the session's exit breaks: its source address is no longer one this host has
+    broken = NodeUpdate(bind_address="192.0.2.1")
+    gw.call(gw.service.update_node(nodes[first].id, broken))
+    within = get()
+    assert within.status_code == 503, within.text
+    assert within.headers["X-Soax-Error"] == Code.BOUND_NODE_FAILED  # kept, not replaced
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - start)))
+    after = get()  # past bindttl: the default onerror-replace moves the session
+    assert ip_of(after) != first and after.headers["X-Exitgate-Session"] == "replaced"
