@@ -29,13 +29,17 @@ on its next request for that domain (routing/failover.py).
 
 from __future__ import annotations
 
+import random
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, KeysView
 from dataclasses import dataclass
 from typing import Final
 
 from exitgate.errors import Code, GatewayError
+from exitgate.model import Node
+from exitgate.routing.index import NodeIndex
+from exitgate.routing.select import Filters, Load, matches
 from exitgate.store.bans import NO_BANS, Ban, BanStore
 
 Clock = Callable[[], float]
@@ -91,6 +95,36 @@ class DomainMemory:
         found.move_to_end(node_id)
         if len(found) > self.per_domain:
             found.popitem(last=False)
+
+
+def select_spread(
+    index: NodeIndex,
+    filters: Filters,
+    skip: Collection[str],
+    spread: Collection[str],
+    *,
+    load: Load | None,
+    rng: random.Random | None,
+) -> Node | None:
+    """A node outside `skip`: one outside `spread` (the domain's exits, least recent first)
+    if any, load-weighted; else the least recent selectable one of `spread`."""
+    node = index.select(filters, exclude=_union(skip, spread), load=load, rng=rng)
+    if node is not None or not spread:
+        return node
+    for node_id in spread:
+        if node_id in index and node_id not in skip:
+            found = index.get(node_id)
+            if found is not None and matches(found.attrs, filters):
+                return found
+    return None
+
+
+def _union(skip: Collection[str], spread: Collection[str]) -> Collection[str]:
+    if not spread:
+        return skip
+    if isinstance(spread, KeysView):  # DomainMemory's view: one set operation, no copy
+        return spread | skip
+    return frozenset(spread).union(skip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,4 +211,5 @@ __all__ = [
     "DomainMemory",
     "domain_of",
     "parse_ban",
+    "select_spread",
 ]

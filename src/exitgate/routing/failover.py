@@ -57,12 +57,12 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Collection, KeysView
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Node, NodeState
-from exitgate.routing.domains import BanTable, DomainMemory
+from exitgate.routing.domains import BanTable, DomainMemory, select_spread
 from exitgate.routing.health import Lease, NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.lookalike import lookalike_filters
@@ -220,14 +220,6 @@ class Attempts:
         return TryNew(frozenset(self._tried), self._first if self._lookalike else None)
 
 
-def _with(skip: Collection[str], spread: Collection[str]) -> Collection[str]:
-    if not spread:
-        return skip
-    if isinstance(spread, KeysView):  # DomainMemory's view: one set operation, no copy
-        return spread | skip
-    return frozenset(spread).union(skip)
-
-
 def _times(retries: int) -> str:
     return "1 retry" if retries == 1 else f"{retries} retries"
 
@@ -317,21 +309,12 @@ class Router:
         reference = self.index.get(like) if like is not None else None
         if reference is not None:
             tiers = lookalike_filters(filters, reference.attrs)
-        index = self.index
         for tier in tiers:
-            node = index.select(
-                tier,
-                exclude=_with(skip, spread),
-                load=self.health.load,
-                rng=self.rng,
+            node = select_spread(
+                self.index, tier, skip, spread, load=self.health.load, rng=self.rng
             )
             if node is not None:
                 return node
-            for node_id in spread:
-                if node_id in index and node_id not in skip:
-                    found = index.get(node_id)
-                    if found is not None and matches(found.attrs, tier):
-                        return found
         return None
 
 
