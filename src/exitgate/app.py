@@ -25,6 +25,7 @@ from fastapi import APIRouter, HTTPException
 from redis.asyncio import Redis
 
 from exitgate.admin.api import create_admin_app
+from exitgate.admin.api_bans import bans_router
 from exitgate.admin.api_webhooks import webhook_routes
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.auth_reports import report_failures, throttle_from
@@ -44,12 +45,14 @@ from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
 from exitgate.registry import Registry, Snapshot
+from exitgate.routing.domains import BanTable, DomainMemory
 from exitgate.routing.failover import Router
 from exitgate.routing.health import NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.sessions import SessionTable
 from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
+from exitgate.store.bans import MemoryBanStore
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.changes import ChangeFeed
 from exitgate.store.counters import Counters, open_counters
@@ -140,6 +143,12 @@ class Gateway:
             MemorySessionStore(settings.sessions.idle_timeout), time.time
         )
         self.router: Router | None = None
+        domains = settings.domains
+        self.bans = BanTable(
+            MemoryBanStore(domains.max_bans),
+            DomainMemory(domains.memory, domains.exits_per_domain),
+            time.time,
+        )
         self.hub: Hub | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -201,6 +210,7 @@ class Gateway:
             await asyncio.sleep(interval)
             try:
                 await self.sessions.expire()
+                await self.bans.expire()
             except Exception as exc:  # a shared backend's hiccup: the next round retries
                 log.warning("session expiry failed: %s", exc)
 
@@ -300,7 +310,9 @@ class Gateway:
             shared_store=shared,
         )
         dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
-        self.router = Router(self.index, self.health, self.sessions)
+        self.router = Router(
+            self.index, self.health, self.sessions, bans=self.bans, memory=self.bans.memory
+        )
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
         if shared:
             # A shared database: other instances write too. Re-read it (the registry's
@@ -398,7 +410,11 @@ class Gateway:
             if not await sessions.end(package_id, session_id):
                 raise HTTPException(404, f"session not found: {session_id}")
 
-        return [router]
+        def node_known(node_id: str) -> bool:
+            return self.index.get(node_id) is not None
+
+        bans = bans_router(self.bans, lambda p: registry.package(p) is not None, node_known)
+        return [router, bans]
 
     def _webhook_routers(self) -> list[APIRouter]:
         return [] if self.webhooks is None else [webhook_routes(self.webhooks)]

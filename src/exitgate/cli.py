@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from exitgate.admin.cli import errors_command, node_app, org_app, package_app, usage_command
+from exitgate.admin.cli_bans import ban_app
 from exitgate.admin.cli_sessions import session_app
 from exitgate.admin.cli_webhooks import webhook_app
 from exitgate.settings import SettingsError, load_settings
@@ -36,6 +37,7 @@ app.add_typer(package_app, name="package")
 app.add_typer(node_app, name="node")
 app.add_typer(session_app, name="session")
 app.add_typer(webhook_app, name="webhook")
+app.add_typer(ban_app, name="ban")
 app.command("usage")(usage_command)
 app.command("errors")(errors_command)
 

@@ -166,6 +166,14 @@ class SessionSettings(_Section):
     idle_timeout: float = Field(default=60.0, gt=0)
 
 
+class DomainSettings(_Section):
+    """Per-domain exit choice and bans (issue 13): bounds of the in-memory state."""
+
+    memory: int = Field(default=10_000, ge=1)  # (package, domain) pairs whose exits are kept
+    exits_per_domain: int = Field(default=64, ge=1)  # exits remembered per pair
+    max_bans: int = Field(default=100_000, ge=1)
+
+
 class BillingSettings(_Section):
     price_per_gb: dict[str, float] = Field(
         default_factory=lambda: {"res": 1.0, "mob": 1.0, "dc": 1.0}
@@ -268,6 +276,7 @@ class Settings(_Section):
     exit: ExitSettings = ExitSettings()
     sessions: SessionSettings = SessionSettings()
     udp: UdpSettings = UdpSettings()
+    domains: DomainSettings = DomainSettings()
     billing: BillingSettings = BillingSettings()
     geo: GeoSettings = GeoSettings()
     log: LogSettings = LogSettings()

@@ -219,6 +219,7 @@ def _package_routes(
             networks=frozenset(body.networks),
             rules=None if body.rules is None else frozenset(body.rules),
             auth_mode=body.auth_mode,
+            autoban=None if body.autoban is None else body.autoban.value(),
         )
         try:
             package, key = await service.create_package(new)
@@ -257,6 +258,7 @@ def _package_routes(
             networks=UNSET if body.networks is None else frozenset(body.networks),
             rules=pick("rules", None if body.rules is None else frozenset(body.rules)),
             auth_mode=UNSET if body.auth_mode is None else body.auth_mode,
+            autoban=pick("autoban", None if body.autoban is None else body.autoban.value()),
         )
         return PackageOut.of(await service.update_package(package_id, update))
 

@@ -8,6 +8,10 @@ no verdict. The `Route` holds the node's health lease until the tunnel or reques
 
 A forwarded request may reuse the client's kept target connection: when the router picks
 the node that connection goes through, no new dial is needed (`reuse`).
+
+Per-domain choice and bans (issue 13): the router gets the target's domain, so it spreads
+sessionless requests over the domain's exits and avoids banned ones; `ban_requested` applies
+an `X-Exitgate-Ban` request header and `response_status` a package's automatic bans.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.dial import Dialer, NodeFailure
 from exitgate.observe.stats import LiveStats
+from exitgate.routing.domains import domain_of
 from exitgate.routing.failover import Fail, Router
 from exitgate.routing.health import Lease
 from exitgate.routing.index import NodeIndex
@@ -62,7 +67,13 @@ class Connector:
 
     async def _connect(self, admitted: Admitted, reuse: Reuse | None) -> Route:
         began = time.monotonic()
-        attempt = await self.router.begin(admitted.package.id, admitted.rules, admitted.filters)
+        attempt = await self.router.begin(
+            admitted.package.id,
+            admitted.rules,
+            admitted.filters,
+            domain_of(admitted.target.host),
+            admitted.timings,
+        )
         try:
             while True:
                 step = await attempt.next()
@@ -86,6 +97,32 @@ class Connector:
                 )
         finally:
             attempt.close()
+
+    async def ban_requested(self, admitted: Admitted, value: str) -> None:
+        """An `X-Exitgate-Ban` header on a request: ban before this request is routed.
+        GatewayError ERR_INVALID_VALUE for a malformed header or an unknown exit."""
+        bans = self.router.bans
+        if bans is None:
+            return
+        try:
+            await bans.request(
+                admitted.package.id,
+                admitted.target.host,
+                value,
+                lambda node_id: self.index.get(node_id) is not None,
+            )
+        except GatewayError as exc:
+            exc.package_id = admitted.package.id
+            raise
+
+    async def response_status(self, admitted: Admitted, node: Node, status: int) -> None:
+        """A forwarded response's status: the package's automatic ban, if configured."""
+        autoban = admitted.package.autoban
+        bans = self.router.bans
+        if autoban is None or bans is None or status not in autoban.statuses:
+            return
+        domain = domain_of(admitted.target.host)
+        await bans.ban(admitted.package.id, domain, node.id, autoban.ttl, f"status {status}")
 
     def done(self, route: Route) -> None:
         """The tunnel or request is over: give the node's in-flight slot back."""

@@ -33,6 +33,7 @@ from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
 from exitgate.net.relay import start_tunnel
+from exitgate.routing.domains import BAN_HEADER
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
     MALFORMED,
@@ -128,6 +129,18 @@ def session_header(route: Route) -> bytes:
     return b"X-Exitgate-Session: " + route.session.value.encode() + b"\r\n"
 
 
+def exit_header(route: Route) -> bytes:
+    """`X-Exitgate-Node: <uid>`: the exit that served, for `X-Exitgate-Ban` (issue 13)."""
+    return b"X-Exitgate-Node: " + route.node.id.encode("latin-1") + b"\r\n"
+
+
+async def apply_ban(ctx: ProxyContext, head: RequestHead, admitted: Admitted) -> None:
+    """An `X-Exitgate-Ban` request header bans before the request is routed (issue 13)."""
+    raw = head.get(BAN_HEADER)
+    if raw:
+        await ctx.connector.ban_requested(admitted, raw.decode("latin-1"))
+
+
 def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
     raw = head.get(b"respond-with")
     if not raw:
@@ -163,6 +176,7 @@ class HttpSession:
         self._answering = False  # a final response head went (or is going) to the client
         self.started = 0.0  # time.monotonic() when the current request's head arrived
         self.status = 0  # the current forwarded response's status (access log)
+        self.admitted: Admitted | None = None  # the request in `_exchange`, for auto-bans
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
@@ -221,6 +235,7 @@ class HttpSession:
             self._fail(err, target.authority, Protocol.HTTPS, close=True)
             return
         try:
+            await apply_ban(ctx, head, admitted)
             route = await ctx.connector.connect(admitted)
         except BaseException as exc:
             admitted.lease.release()
@@ -232,6 +247,7 @@ class HttpSession:
         answer = (
             f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
             + session_header(route)
+            + exit_header(route)
             + b"\r\n"
         )
         # owns the leases from here
@@ -276,6 +292,7 @@ class HttpSession:
         target = admitted.target
         has_body = body_kind is not BodyKind.NONE
         try:
+            await apply_ban(ctx, head, admitted)
             route = await self._upstream_for(admitted)
         except GatewayError as err:
             go_on = not has_body and request_keep_alive(head)  # a client's close is kept too
@@ -303,7 +320,8 @@ class HttpSession:
         target = admitted.target
         has_body = body_kind is not BodyKind.NONE
         upstream, node = route.conn, route.node
-        self.session_header = session_header(route)
+        self.session_header = session_header(route) + exit_header(route)
+        self.admitted = admitted
         outcome = ""  # how the request ended; "": answered by `_fail` (counted there)
 
         def stop(err: GatewayError) -> None:
@@ -392,6 +410,7 @@ class HttpSession:
             self._drop_kept()
         elif (
             admitted.rules.session is None
+            and self.ctx.connector.router.memory is None  # spreading: the router chooses
             and usable.node.id in self.ctx.connector.index
             and self.ctx.connector.index.matches(usable.node, admitted.filters)
         ):
@@ -486,6 +505,8 @@ class HttpSession:
             ) from None
         except HttpError as exc:
             raise _Malformed(exc.reason, relayed=False) from None
+        if self.admitted is not None:
+            await self.ctx.connector.response_status(self.admitted, node, response.status)
         try:
             kind, length = response_body(response, request.method)
         except HttpError as exc:

@@ -17,12 +17,14 @@ TCP router's (so the UDP and TCP paths can never disagree on sessions or health)
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from functools import lru_cache
 
 from exitgate.model import Node, NodeKind
 from exitgate.routing.failover import Attempt, Router
 from exitgate.routing.select import Filters
 from exitgate.rules import Rules
+from exitgate.store.sessions import NO_TIMINGS, SessionTimings
 from exitgate.wire.upstream import parse_proxy_url
 
 # Random picks to try before excluding every incapable node at once (an O(nodes) scan).
@@ -64,14 +66,31 @@ class UdpRouter(Router):
             rng=router.rng,
         )
 
-    async def begin(self, package_id: str, rules: Rules, filters: Filters) -> Attempt:
-        plan = await self.sessions.plan(package_id, rules)
+    async def begin(
+        self,
+        package_id: str,
+        rules: Rules,
+        filters: Filters,
+        domain: str | None = None,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> Attempt:
+        plan = await self.sessions.plan(package_id, rules, timings)
+        if plan is not None and plan.degraded:  # Redis down: the same node on every instance
+            chosen = self.rendezvous(plan.key, filters)
+            usable = chosen is not None and udp_capable(chosen)
+            plan = replace(plan, node_id=chosen.id if usable and chosen else None)
         attempt = UdpAttempt(self, rules, filters, plan)
         if plan is not None and plan.node_id is not None and plan.rotate:
             await attempt.rotate(rules, plan, plan.node_id)
         return attempt
 
-    def select(self, filters: Filters, exclude: Collection[str], like: str | None) -> Node | None:
+    def select(
+        self,
+        filters: Filters,
+        exclude: Collection[str],
+        like: str | None,
+        spread: Collection[str] = (),
+    ) -> Node | None:
         skip = set(exclude)
         for _ in range(_QUICK_PICKS):
             node = super().select(filters, skip, like)

@@ -45,6 +45,8 @@ packages = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     # issue 12 (migration 0002); NULL (a row from before the column): key_or_ip
     sa.Column("auth_mode", sa.String(16), nullable=True, server_default="key_or_ip"),
+    # issue 13 (migration 0004): {"statuses": [403, 429], "ttl": 600}; NULL: no automatic bans
+    sa.Column("autoban", sa.JSON(none_as_null=True), nullable=True),
 )
 
 nodes = sa.Table(

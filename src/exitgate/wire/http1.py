@@ -348,6 +348,7 @@ def response_keep_alive(head: ResponseHead) -> bool:
 _HOP_BY_HOP: Final = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
 _DROP_HOST: Final = frozenset((b"host",))  # a forwarded request gets the URI's authority
 _NOTHING: Final[frozenset[bytes]] = frozenset()
+_DROP_FORWARDED: Final = _DROP_HOST | {b"x-exitgate-ban"}  # for the gateway, not the target
 
 
 def _kept_fields(head: _Fields, extra_drop: frozenset[bytes], framing: Framing) -> list[bytes]:
@@ -383,7 +384,7 @@ def forward_request_head(
     otherwise an HTTP/1.0 request asks for keep-alive explicitly."""
     authority = target.authority if target.port != 80 else target.authority[:-3]
     parts = [f"{head.method} {path} {head.version}\r\nHost: {authority}\r\n".encode("ascii")]
-    parts += _kept_fields(head, _DROP_HOST, request_framing(head))
+    parts += _kept_fields(head, _DROP_FORWARDED, request_framing(head))
     if close:
         parts.append(b"Connection: close\r\n")
     elif head.version == "HTTP/1.0":
