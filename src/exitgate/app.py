@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import APIRouter, HTTPException
 
 from exitgate.admin.api import create_admin_app
+from exitgate.admin.api_self import GatewayReads
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
@@ -264,6 +265,20 @@ class Gateway:
 
         return [router]
 
+    def _reads(self) -> GatewayReads:
+        """What the catalogue and self-service routes read (issue 13): memory, no database."""
+        if self.usage is None or self.counters is None:
+            raise RuntimeError("start usage and counters before the admin API")
+        return GatewayReads(
+            registry=self.registry,
+            online_nodes=lambda: iter(self.index),
+            recorder=self.recorder,
+            sessions=self.sessions,
+            counters=self.counters,
+            usage_totals=self.usage.totals,
+            usage_buckets=self.usage.buckets,
+        )
+
     async def _start_admin(self) -> tuple[str, int]:
         if self.service is None or self.usage is None:
             raise RuntimeError("start the store and usage before the admin API")
@@ -273,6 +288,7 @@ class Gateway:
             extra_routers=self._routers(),
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
+            reads=self._reads(),
         )
         host, port = split_hostport(self.settings.admin.listen)
         # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,

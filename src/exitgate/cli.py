@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from exitgate.admin.cli import errors_command, node_app, org_app, package_app, usage_command
+from exitgate.admin.cli_catalog import catalog_command
 from exitgate.admin.cli_sessions import session_app
 from exitgate.settings import SettingsError, load_settings
 
@@ -36,6 +37,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(session_app, name="session")
 app.command("usage")(usage_command)
 app.command("errors")(errors_command)
+app.command("catalog")(catalog_command)
 
 
 def _fail(message: str, code: int = 1) -> None:
