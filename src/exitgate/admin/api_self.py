@@ -32,8 +32,8 @@ Any package status may read: a paused or suspended holder most needs to see why.
 other methods are 405.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the route parameters'
+# annotations as objects, and `Holder` is local to `self_routes`.
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field

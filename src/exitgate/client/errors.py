@@ -203,6 +203,13 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def _header(headers: Any, name: str) -> str | None:
     value = headers.get(name)
+    if value is None and isinstance(headers, dict):  # a plain dict: match case by hand
+        wanted = name.lower()
+        for key, found in headers.items():
+            text = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+            if text.lower() == wanted:
+                value = found
+                break
     if value is None:
         return None
     if isinstance(value, bytes):  # Scrapy's Headers hold bytes
