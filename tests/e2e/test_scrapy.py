@@ -133,6 +133,15 @@ def test_auth_failed_stops_the_crawl(gw: GatewayThread, origin: Origin, tmp_path
     assert len(origin.requests) == 0
 
 
+def test_a_refused_connect_stops_the_crawl_by_status(gw: GatewayThread,
+                                                     tmp_path: Path) -> None:
+    """https: Scrapy's TunnelError keeps only the status line, which still says 407."""
+    _, key = gw.package()
+    found = crawl(tmp_path, gw, key + "wrong", ["https://example.test/"] * 5)
+    assert found["results"] == []
+    assert found["stats"]["finish_reason"] == "exitgate_407", json.dumps(found["stats"])
+
+
 def test_rate_limits_back_off_until_done(gw: GatewayThread, origin: Origin,
                                          tmp_path: Path) -> None:
     gw.direct_node("127.0.0.2", country="us")

@@ -47,6 +47,7 @@ def main() -> None:
         "DOWNLOADER_MIDDLEWARES": {"exitgate.client.scrapy.ExitgateMiddleware": 740},
         "LOG_LEVEL": "WARNING",
         "TELNETCONSOLE_ENABLED": False,
+        "REMOTE_CONTROL_ENABLED": False,
         "ROBOTSTXT_OBEY": False,
         "RETRY_ENABLED": False,  # every retry seen is the middleware's own
         "HTTPERROR_ALLOW_ALL": True,

@@ -73,3 +73,7 @@ def test_status_line_fallback_from_message_texts() -> None:
     err = from_exception(RuntimeError("502 Bad Gateway"))
     assert isinstance(err, NodeError) and err.status == 502
     assert from_exception(RuntimeError("connection reset")) is None
+    scrapy_text = ("Could not open CONNECT tunnel with proxy 127.0.0.1:1337 "
+                   "[{'status': 429, 'reason': b'Too Many Requests'}]")
+    err = from_exception(RuntimeError(scrapy_text))
+    assert isinstance(err, RateLimited) and (err.status, err.detail) == (429, "Too Many Requests")

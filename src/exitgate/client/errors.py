@@ -22,8 +22,9 @@ aiohttp 3.x):
 - a failed CONNECT (https through the proxy):
   - aiohttp raises `ClientHttpProxyError` with `.status` and `.headers`: read exactly;
   - requests (urllib3 over http.client) and httpx (httpcore) raise a `ProxyError` whose
-    message holds only "407 Proxy Authentication Required": the headers and body are thrown
-    away inside those libraries. `from_exception` then falls back to the status, so `code` is
+    message holds only "407 Proxy Authentication Required", and Scrapy a `TunnelError`
+    holding `{'status': 407, 'reason': ...}`: the headers and body are thrown away inside
+    those libraries. `from_exception` then falls back to the status, so `code` is
     None and the class is the status's most likely category (400 RulesError, 403/407
     PackageError/AuthError, 409 SessionError, 429 RateLimited, 502/503/504 NodeError).
     The exact code of such a failure is in the package's recent-errors log
@@ -120,6 +121,9 @@ _BY_STATUS: dict[int, type[ProxyError]] = {
 # "Tunnel connection failed: 407 Proxy Authentication Required" (http.client, via requests),
 # "407 Proxy Authentication Required" (httpcore, via httpx).
 _STATUS_IN_TEXT = re.compile(r"(?:Tunnel connection failed: |^)([1-5][0-9]{2})(?: ([^'\")]*))?")
+# Scrapy's TunnelError: "Could not open CONNECT tunnel with proxy h:p [{'status': 407,
+# 'reason': 'Proxy Authentication Required'}]"
+_SCRAPY_TUNNEL = re.compile(r"'status': ([1-5][0-9]{2}), 'reason': b?'([^']*)'")
 
 
 def error_class(code: str | None, status: int) -> type[ProxyError]:
@@ -140,7 +144,7 @@ def make_error(
 def from_headers(status: int, headers: Mapping[str, str] | Any) -> ProxyError | None:
     """The error an answer carries, or None when it is not a gateway error answer.
 
-    `headers`: any case-insensitive mapping (requests, httpx, aiohttp, Scrapy after decoding).
+    `headers`: requests', httpx's, aiohttp's or Scrapy's headers, or a plain dict.
     """
     code = _header(headers, ERROR_HEADER)
     if not code:
@@ -179,7 +183,8 @@ def from_exception(exc: BaseException) -> ProxyError | None:
         message = str(getattr(exc, "message", "") or "")
         return make_error(None, status, message) if status >= 400 else None
     for link in _chain(exc):
-        match = _STATUS_IN_TEXT.search(str(link))
+        text = str(link)
+        match = _STATUS_IN_TEXT.search(text) or _SCRAPY_TUNNEL.search(text)
         if match:
             status = int(match.group(1))
             if status >= 400:

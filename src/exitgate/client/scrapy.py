@@ -30,6 +30,9 @@ Gateway errors (read from `X-SOAX-Error`, `exitgate.client.errors`):
   rule errors: nothing will succeed, so the spider is closed with reason
   `exitgate_<CODE>` and the request dropped (IgnoreRequest);
 - the rest (NODE_NOT_FOUND, TARGET_UNREACHABLE, SESSION_PARAMS_MISMATCH) reach the spider.
+A failed CONNECT (an https URL) reaches Scrapy as a `TunnelError` that keeps only the status:
+then the code is unknown and the status decides (407/403/400: close, as `exitgate_407`;
+429: back off; 502/503/504: retry on a new session, since most are node errors).
 Stats: `exitgate/sessions`, `exitgate/retries`, `exitgate/backoffs`, `exitgate/errors/<CODE>`.
 The key travels in `meta["proxy"]` only until HttpProxyMiddleware moves it into the header;
 this middleware never logs it.
@@ -45,7 +48,7 @@ from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.task import deferLater
 
-from exitgate.client.errors import NodeError, ProxyError, from_headers
+from exitgate.client.errors import NodeError, ProxyError, from_exception, from_headers
 from exitgate.client.username import Username, UsernameError
 from exitgate.errors import Code
 
@@ -150,15 +153,26 @@ class ExitgateMiddleware:
         error = from_headers(response.status, response.headers)
         if error is None:
             return response
-        self._inc(f"exitgate/errors/{error.code}")
+        return await self._react(request, error) or response
+
+    async def process_exception(self, request: Request, exception: Exception) -> Request | None:
+        """A failed CONNECT (https URLs): Scrapy's TunnelError keeps only the status line."""
+        if request.meta.get("exitgate") is False or type(exception).__name__ != "TunnelError":
+            return None
+        error = from_exception(exception)
+        return None if error is None else await self._react(request, error)
+
+    async def _react(self, request: Request, error: ProxyError) -> Request | None:
+        """The retry or the wait for `error`; None: let the answer (or failure) through."""
+        self._inc(f"exitgate/errors/{error.code or error.status}")
         if error.fatal:
-            self._close(f"exitgate_{error.code}")
+            self._close(f"exitgate_{error.code or error.status}")
             raise IgnoreRequest(f"exitgate: {error}")
-        if isinstance(error, NodeError) and error.code in RETRY_CODES:
-            return self._retry(request, error) or response
+        if isinstance(error, NodeError) and (error.code is None or error.code in RETRY_CODES):
+            return self._retry(request, error)
         if error.back_off:
-            return await self._back_off(request, error) or response
-        return response
+            return await self._back_off(request, error)
+        return None
 
     # -- reactions ----------------------------------------------------------------------------
     def _retry(self, request: Request, error: ProxyError) -> Request | None:
