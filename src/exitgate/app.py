@@ -45,6 +45,7 @@ from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.counters import Counters, open_counters
 from exitgate.store.sessions import MemorySessionStore
+from exitgate.targeting import TargetingCounts
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate")
@@ -271,7 +272,7 @@ class Gateway:
             raise RuntimeError("start usage and counters before the admin API")
         return GatewayReads(
             registry=self.registry,
-            online_nodes=lambda: iter(self.index),
+            targeting=TargetingCounts.follow(self.registry),
             recorder=self.recorder,
             sessions=self.sessions,
             counters=self.counters,

@@ -26,12 +26,16 @@ allowed, so `nodes` and `networks` stay filled. Pure: no I/O; cost O(nodes) per 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Hashable, Iterable
-from typing import Any, Final
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Final
 
-from exitgate.model import Network, Node
+from exitgate.model import Network, Node, NodeAttrs, NodeState
 from exitgate.rules import TARGETING_NAMES, Entitlements
+
+if TYPE_CHECKING:
+    from exitgate.registry import Registry
 
 _NETWORK_ORDER: Final = {n: i for i, n in enumerate((Network.RES, Network.MOB, Network.DC))}
 
@@ -44,10 +48,8 @@ def targeting_catalog(
     entitlements: Entitlements | None = None,
 ) -> dict[str, Any]:
     """Counts of `nodes` per targetable value, narrowed by `country`, `network` and what
-    `entitlements` allow (None: everything, the admin's view)."""
-    allowed_rules = TARGETING_NAMES if entitlements is None or entitlements.rules is None else (
-        TARGETING_NAMES & entitlements.rules
-    )
+    `entitlements` allow (None: everything, the admin's view). A scan: the reference for
+    `TargetingCounts`, which the gateway serves from."""
     allowed_networks = None if entitlements is None else entitlements.networks
     networks: Counter[Network] = Counter()
     countries: Counter[str] = Counter()
@@ -76,6 +78,29 @@ def targeting_catalog(
             isps[attrs.isp] += 1
         if attrs.asn:
             asns[attrs.asn] += 1
+    return _answer(
+        country=country, network=network, entitlements=entitlements, total=total,
+        networks=networks, countries=countries, regions=regions, cities=cities, isps=isps,
+        asns=asns,
+    )
+
+
+def _answer(
+    *,
+    country: str | None,
+    network: Network | None,
+    entitlements: Entitlements | None,
+    total: int,
+    networks: Counter[Network],
+    countries: Counter[str],
+    regions: Counter[tuple[str, str]],
+    cities: Counter[tuple[str, str]],
+    isps: Counter[str],
+    asns: Counter[int],
+) -> dict[str, Any]:
+    allowed_rules = TARGETING_NAMES if entitlements is None or entitlements.rules is None else (
+        TARGETING_NAMES & entitlements.rules
+    )
     with_country = "country" in allowed_rules
     return {
         "filters": {"country": country, "network": None if network is None else str(network)},
@@ -97,6 +122,124 @@ def targeting_catalog(
     }
 
 
+class _Group:
+    """Counts for the online nodes of one (country, network)."""
+
+    __slots__ = ("asns", "cities", "isps", "regions", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.regions: Counter[str] = Counter()
+        self.cities: Counter[str] = Counter()
+        self.isps: Counter[str] = Counter()
+        self.asns: Counter[int] = Counter()
+
+    def add(self, attrs: NodeAttrs, step: int) -> None:
+        self.total += step
+        for counter, value in (
+            (self.regions, attrs.region),
+            (self.cities, attrs.city),
+            (self.isps, attrs.isp),
+            (self.asns, attrs.asn),
+        ):
+            if value:
+                counter[value] += step  # type: ignore[index]
+                if counter[value] <= 0:  # type: ignore[index]
+                    del counter[value]
+
+
+class TargetingCounts:
+    """The catalogue kept up to date as nodes change: O(1) per change, no scan per read.
+
+    `follow(registry)` seeds it from the registry's nodes and subscribes to its node changes
+    (the same notifications the routing index follows, so both agree on what is online).
+    A read merges the per-(country, network) groups the filters select. Answers are cached
+    per query until the next change, and at most `max_age` seconds (1 s) across changes: a
+    pool whose agents come and go every moment would otherwise recompute every read, and a
+    large answer (thousands of cities and ASNs) costs tens of milliseconds on the loop.
+    `targeting_catalog` over the index's nodes is the reference it must equal (tested).
+    """
+
+    def __init__(
+        self, *, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._online: dict[str, NodeAttrs] = {}
+        self._groups: dict[tuple[str, Network], _Group] = {}
+        self._version = 0
+        self._cache: dict[Hashable, tuple[int, float, dict[str, Any]]] = {}
+        self._max_age = max_age
+        self._clock = clock
+
+    @classmethod
+    def follow(
+        cls, registry: Registry, *, max_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> TargetingCounts:
+        counts = cls(max_age=max_age, clock=clock)
+        for node in registry.nodes.values():
+            counts.update(node, node.id)
+        registry.on_node_change(counts.update)
+        return counts
+
+    def update(self, node: Node | None, node_id: str) -> None:
+        """A registry node listener: `node` is the new record, None once removed."""
+        old = self._online.pop(node_id, None)
+        if old is not None:
+            self._groups[(old.country, old.network)].add(old, -1)
+        if node is not None and node.state is NodeState.ONLINE:
+            attrs = node.attrs
+            self._online[node_id] = attrs
+            group = self._groups.get((attrs.country, attrs.network))
+            if group is None:
+                group = self._groups[(attrs.country, attrs.network)] = _Group()
+            group.add(attrs, 1)
+        self._version += 1
+
+    def catalog(
+        self,
+        *,
+        country: str | None = None,
+        network: Network | None = None,
+        entitlements: Entitlements | None = None,
+    ) -> dict[str, Any]:
+        """What `targeting_catalog` answers for the online nodes, from the kept counts."""
+        key = (country, network, entitlements)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and (cached[0] == self._version or now - cached[1] < self._max_age):
+            return cached[2]
+        networks = None if entitlements is None else entitlements.networks
+        merged = _Group()
+        by_network: Counter[Network] = Counter()
+        by_country: Counter[str] = Counter()
+        regions: Counter[tuple[str, str]] = Counter()
+        cities: Counter[tuple[str, str]] = Counter()
+        for (where, net), group in self._groups.items():
+            if not group.total or (country is not None and where != country):
+                continue
+            if (network is not None and net is not network) or (
+                networks is not None and net not in networks
+            ):
+                continue
+            merged.total += group.total
+            by_network[net] += group.total
+            merged.isps.update(group.isps)
+            merged.asns.update(group.asns)
+            if where:
+                by_country[where] += group.total
+                regions.update({(where, r): n for r, n in group.regions.items()})
+                cities.update({(where, c): n for c, n in group.cities.items()})
+        found = _answer(
+            country=country, network=network, entitlements=entitlements, total=merged.total,
+            networks=by_network, countries=by_country, regions=regions, cities=cities,
+            isps=merged.isps, asns=merged.asns,
+        )
+        if len(self._cache) > 256:
+            self._cache.clear()
+        self._cache[key] = (self._version, now, found)
+        return found
+
+
 def _rows(counts: Counter[Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
     def order(item: tuple[Hashable, int]) -> tuple[int, str]:
         return -item[1], str(item[0])
@@ -110,4 +253,4 @@ def _rows(counts: Counter[Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["targeting_catalog"]
+__all__ = ["TargetingCounts", "targeting_catalog"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from exitgate.model import Network, Node, NodeAttrs, NodeKind, NodeState
+from exitgate.registry import Registry
 from exitgate.routing.index import NodeIndex
 from exitgate.rules import Entitlements
-from exitgate.targeting import targeting_catalog
+from exitgate.targeting import TargetingCounts, targeting_catalog
 
 
 def node(i: int, country: str, network: Network, city: str = "", region: str = "",
@@ -66,3 +70,63 @@ def test_entitlements_limit_networks_and_rules() -> None:
     # city without country is not targetable (SPEC 3): nothing listed
     only_city = Entitlements(rules=frozenset({"city"}))
     assert targeting_catalog(pool(), entitlements=only_city)["cities"] == []
+
+
+# -- the kept counts equal the reference scan, through any sequence of changes
+
+changes = st.lists(
+    st.tuples(
+        st.integers(0, 7),  # node id
+        st.none()  # removed
+        | st.tuples(
+            st.sampled_from(["us", "de", ""]),
+            st.sampled_from(list(Network)),
+            st.sampled_from(["", "a", "b"]),  # region/city/isp
+            st.sampled_from([0, 1, 2]),
+            st.sampled_from(list(NodeState)),
+        ),
+    ),
+    max_size=40,
+)
+queries = st.tuples(
+    st.sampled_from([None, "us", "de"]),
+    st.sampled_from([None, *Network]),
+    st.sampled_from([
+        None,
+        Entitlements(),
+        Entitlements(rules=frozenset({"country", "city"}), networks=frozenset({Network.RES})),
+        Entitlements(rules=frozenset({"isp", "asn"})),
+    ]),
+)
+
+
+@given(changes, st.lists(queries, min_size=1, max_size=4))
+def test_kept_counts_equal_the_scan(steps: list, asks: list) -> None:
+    registry = Registry()
+    index = NodeIndex()
+    registry.on_node_change(
+        lambda n, i: index.remove(i) if n is None else index.upsert(n)
+    )
+    counts = TargetingCounts(max_age=0.0)  # no staleness: every change is seen at once
+    registry.on_node_change(counts.update)
+    for i, spec in steps:
+        if spec is None:
+            registry.remove_node(f"n{i}")
+        else:
+            country, net, name, asn, state = spec
+            registry.put_node(node(i, country, net, name, name, name, asn, state))
+        for country, net, ent in asks:
+            want = targeting_catalog(index, country=country, network=net, entitlements=ent)
+            assert counts.catalog(country=country, network=net, entitlements=ent) == want
+
+
+def test_follow_seeds_from_the_registry() -> None:
+    registry = Registry()
+    registry.put_node(node(1, "us", Network.RES, "x"))
+    now = [0.0]
+    counts = TargetingCounts.follow(registry, clock=lambda: now[0])
+    assert counts.catalog()["nodes"] == 1
+    registry.put_node(node(1, "us", Network.RES, "x", state=NodeState.DRAINING))
+    assert counts.catalog()["nodes"] == 1  # cached: at most max_age (1 s) stale
+    now[0] += 1.0
+    assert counts.catalog()["nodes"] == 0

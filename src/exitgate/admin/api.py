@@ -130,7 +130,7 @@ def create_admin_app(
     for router in extra_routers:
         private.include_router(router)
     if reads is not None:  # issue 13: the catalogue (admin), self-service (package key)
-        private.include_router(catalog_routes(reads.online_nodes))
+        private.include_router(catalog_routes(reads.targeting))
         app.include_router(self_routes(reads))
     app.include_router(private)
     for router in public_routers:

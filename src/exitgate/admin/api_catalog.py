@@ -1,26 +1,24 @@
 """`GET /v1/catalog?country=&network=`: the targeting catalogue, for the admin (issue 13).
 
-Read from the routing index's online nodes (`targeting.targeting_catalog`), never from the
-database: it shows what can be targeted at this moment. Mounted behind the admin token.
+Read from `targeting.TargetingCounts`, which follows the registry's node changes exactly as
+the routing index does, never from the database: it shows what can be targeted at this
+moment, and costs no scan per read. Mounted behind the admin token.
 A bad `country` (not ISO 3166-1 alpha-2) or `network` (not res, mob, dc) is a 422 naming
 the query field. The package holder's view of the same thing is `GET /v1/self/catalog`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from exitgate.admin.schemas import Country
-from exitgate.model import Network, Node
-from exitgate.targeting import targeting_catalog
-
-OnlineNodes = Callable[[], Iterable[Node]]  # the selectable nodes now: iter(NodeIndex)
+from exitgate.model import Network
+from exitgate.targeting import TargetingCounts
 
 
-def catalog_routes(online_nodes: OnlineNodes) -> APIRouter:
+def catalog_routes(targeting: TargetingCounts) -> APIRouter:
     r = APIRouter(tags=["catalog"])
 
     @r.get("/v1/catalog")
@@ -29,9 +27,9 @@ def catalog_routes(online_nodes: OnlineNodes) -> APIRouter:
         network: Annotated[Network | None, Query()] = None,
     ) -> dict[str, Any]:
         """Countries, regions, cities, ISPs and ASNs with online nodes now, with counts."""
-        return targeting_catalog(online_nodes(), country=country or None, network=network)
+        return targeting.catalog(country=country or None, network=network)
 
     return r
 
 
-__all__ = ["OnlineNodes", "catalog_routes"]
+__all__ = ["catalog_routes"]

@@ -43,7 +43,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from exitgate.admin.api_catalog import OnlineNodes
 from exitgate.admin.schemas import Country, PackageOut, UsageBucketOut, epoch_of
 from exitgate.model import Network, Package
 from exitgate.policy.ratelimit import wall_clock_us
@@ -53,7 +52,7 @@ from exitgate.routing.sessions import SessionTable
 from exitgate.rules import Entitlements
 from exitgate.store.base import UsageBucket
 from exitgate.store.counters import TOKEN, Counters
-from exitgate.targeting import targeting_catalog
+from exitgate.targeting import TargetingCounts
 
 MAX_BUCKETS = 10_000
 Totals = Callable[[str], Awaitable[Mapping[str, int]]]
@@ -78,7 +77,7 @@ class GatewayReads:
     """What the self-service routes read: the gateway's in-memory parts, no database."""
 
     registry: Registry
-    online_nodes: OnlineNodes
+    targeting: TargetingCounts  # the catalogue's counts, following the registry
     recorder: Recorder
     sessions: SessionTable
     counters: Counters
@@ -175,8 +174,7 @@ def self_routes(reads: GatewayReads) -> APIRouter:
         network: Annotated[Network | None, Query()] = None,
     ) -> dict[str, Any]:
         """What this package can target now: its networks and rules only."""
-        return targeting_catalog(
-            reads.online_nodes(),
+        return reads.targeting.catalog(
             country=country or None,
             network=network,
             entitlements=Entitlements.of(package),
