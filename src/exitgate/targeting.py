@@ -1,7 +1,9 @@
 """The targeting catalogue: what can be targeted now, with counts of online nodes (issue 13).
 
-`targeting_catalog(nodes, ...)` counts the nodes it is given (the routing index's selectable,
-ONLINE nodes: `iter(NodeIndex)`, never the database) per value of each targeting rule:
+Two ways to the same answer: `targeting_catalog(nodes, ...)` scans the nodes it is given (the
+routing index's ONLINE nodes, say) and is the reference; `TargetingCounts` keeps the counts
+per (country, network) from the registry's node changes, the notifications the routing index
+follows too, and is what the gateway serves (never the database). The answer:
 
     {"filters": {"country": "us", "network": null},
      "nodes": 12,
@@ -20,8 +22,12 @@ a region (city, isp, asn 0) counts for the others only: there is nothing to targ
 Entitlements (a package holder's view): nodes of networks the package lacks are not
 counted at all, and a rule the package may not send lists nothing (`rules` says which it
 may send); region and city also need `country`. `country-any`/`network-any` are always
-allowed, so `nodes` and `networks` stay filled. Pure: no I/O; cost O(nodes) per call, about
-60 ms per 100 000 online nodes on this machine (measured, see docs/decisions.md).
+allowed, so `nodes` and `networks` stay filled.
+
+Cost, measured on the 2-core test machine with 100 000 online nodes (8 countries, 400
+regions, 4 000 cities, 300 ISPs, 5 000 ASNs): the scan takes 0.8 s; the kept counts take
+21 µs per node change, and a read after a change takes 6 ms (one country and network) to
+170 ms (everything: an answer of about 10 000 rows), then a few µs while cached. No I/O.
 """
 
 from __future__ import annotations
