@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import requests
+import uvicorn
 from typer.testing import CliRunner
 
+from exitgate.admin.api import create_admin_app
+from exitgate.admin.api_self import GatewayReads, SelfRates
 from exitgate.cli import app as cli_app
 from exitgate.model import Network, NodeState
 from exitgate.store.base import NodeUpdate
+from exitgate.store.counters import MemoryCounters
+from exitgate.targeting import TargetingCounts
 from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.origin import Origin
 
@@ -161,40 +169,58 @@ def test_admin_token_is_not_a_package_key(gw: GatewayThread) -> None:
     assert post.status_code == 405
 
 
-async def test_rate_limited_per_key_and_per_address(gw: GatewayThread) -> None:
-    """Requests sent at once, so a slow machine cannot refill the buckets between them."""
+@pytest.fixture
+def frozen_self_api(gw: GatewayThread) -> Iterator[str]:
+    """The gateway's own parts behind a second admin app whose rate-limit clock stands still,
+    on a real uvicorn server: no bucket refills, so every count below is exact however slow
+    the machine is."""
+    g = gw.gateway
+    assert g.service is not None
+    reads = GatewayReads(
+        registry=g.registry,
+        targeting=TargetingCounts(),
+        recorder=g.recorder,
+        sessions=g.sessions,
+        counters=MemoryCounters(),
+        rates=SelfRates(key_rate=1, key_burst=3, address_rate=1, address_burst=8),
+        clock=lambda: 1_000_000,
+    )
+    app = create_admin_app(g.service, TOKEN, reads=reads)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "admin server did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_rate_limited_per_key_and_per_address(gw: GatewayThread, frozen_self_api: str) -> None:
     _, key_a = gw.package()
     _, key_b = gw.package()
-    async with httpx.AsyncClient(base_url=gw.bound.admin_url, timeout=TIMEOUT) as http:
+    with httpx.Client(base_url=frozen_self_api, timeout=TIMEOUT, trust_env=False) as http:
 
-        async def burst(keys: list[str]) -> list[httpx.Response]:
-            return await asyncio.gather(*(
-                http.get("/v1/self/errors", headers={"Authorization": f"Bearer {k}"})
-                for k in keys
-            ))
+        def get(key: str) -> httpx.Response:
+            return http.get("/v1/self/errors", headers={"Authorization": f"Bearer {key}"})
 
-        answers: list[httpx.Response] = []
-        for _ in range(10):  # key bucket: burst 20, 5/s
-            answers += await burst([key_a] * 25)
-            if any(a.status_code == 429 for a in answers):
-                break
-        assert {a.status_code for a in answers} == {200, 429}
-        refused = next(a for a in answers if a.status_code == 429)
-        assert int(refused.headers["retry-after"]) >= 1
+        assert [get(key_a).status_code for _ in range(4)] == [200, 200, 200, 429]  # burst 3
+        refused = get(key_a)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"  # one token at 1/s
         assert refused.json() == {"detail": "too many requests"}
         # another key from the same address still gets through: the limit is per key
-        [other] = await burst([key_b])
-        assert other.status_code == 200
-        # guessing keys: 401s, until the address's own bucket (burst 60, 20/s) is empty;
-        # it drains as long as the server answers faster than 20/s
-        seen: set[int] = set()
-        for _ in range(20):
-            guesses = await burst([f"guess{i}" for i in range(50)])
-            seen |= {a.status_code for a in guesses}
-            assert all("retry-after" in a.headers for a in guesses if a.status_code == 429)
-            if 429 in seen:
-                break
-        assert seen == {401, 429}
+        assert get(key_b).status_code == 200
+        # the address has spent 6 of its 8; key guesses count against it too
+        assert [get(f"guess{i}").status_code for i in range(3)] == [401, 401, 429]
+        assert get(key_b).status_code == 429  # the address bucket is empty for every key
 
 
 def test_nothing_logs_a_key(gw: GatewayThread, caplog: pytest.LogCaptureFixture,
