@@ -70,6 +70,7 @@ class Instance:
         path.write_text(
             f"""[proxy]
 listen = "127.0.0.1:{self.proxy_port}"
+max_connections_per_ip = 0  # every benchmark client is 127.0.0.1 (thousands of tunnels)
 {metering}
 [admin]
 listen = "127.0.0.1:{self.admin_port}"

@@ -34,6 +34,7 @@ other methods are 405.
 
 # No `from __future__ import annotations`: FastAPI must see the route parameters'
 # annotations as objects, and `Holder` is local to `self_routes`.
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,9 +56,11 @@ from exitgate.store.counters import TOKEN, Counters
 from exitgate.targeting import TargetingCounts
 
 MAX_BUCKETS = 10_000
+log = logging.getLogger("exitgate.admin")
 Totals = Callable[[str], Awaitable[Mapping[str, int]]]
 Buckets = Callable[[str, float | None, float | None, int], Awaitable[Sequence[UsageBucket]]]
 Bans = Callable[[str], Sequence[Mapping[str, Any]]]
+SharedErrors = Callable[[str], Awaitable[list[dict[str, object]]]]
 
 _bearer = HTTPBearer(auto_error=False, description="the package key")
 
@@ -81,6 +84,8 @@ class GatewayReads:
     recorder: Recorder
     sessions: SessionTable
     counters: Counters
+    # every instance's errors (the Redis errors log), when shared; else this instance's
+    shared_errors: SharedErrors | None = None
     usage_totals: Totals | None = None
     usage_buckets: Buckets | None = None
     # package id → its bans; None until per-domain bans exist in this build (route gives []).
@@ -126,6 +131,11 @@ def self_routes(reads: GatewayReads) -> APIRouter:
     @r.get("/errors")
     async def errors(package: Holder) -> list[dict[str, object]]:
         """The recent-errors log: code, detail, protocol, client, target; newest first."""
+        if reads.shared_errors is not None:
+            try:
+                return await reads.shared_errors(package.id)
+            except Exception as exc:  # as the admin read: this instance's log instead
+                log.warning("shared errors log unreadable, showing this instance's: %s", exc)
         return reads.recorder.recent_errors(package.id)
 
     @r.get("/usage")
@@ -188,4 +198,6 @@ def self_routes(reads: GatewayReads) -> APIRouter:
     return r
 
 
-__all__ = ["Bans", "Buckets", "GatewayReads", "SelfRates", "Totals", "self_routes"]
+__all__ = [
+    "Bans", "Buckets", "GatewayReads", "SelfRates", "SharedErrors", "Totals", "self_routes"
+]

@@ -402,6 +402,19 @@ def classify(headers: Headers, target: Target) -> Answer:
             )
 
 
+def failure_of(exc: GatewayError) -> Failure:
+    """The failure kind to answer for a target error, which `classify` maps back to it."""
+    if exc.code is Code.GATEWAY_TIMEOUT:
+        return Failure.TIMEOUT
+    if exc.code is Code.DISALLOWED:
+        return Failure.DENIED
+    if exc.proxy_status == "dns_error":
+        return Failure.DNS
+    if exc.proxy_status == "connection_refused":
+        return Failure.REFUSED
+    return Failure.UNREACHABLE
+
+
 def _hostport(raw: bytes) -> tuple[str, int]:
     text = raw.decode("ascii", "replace")
     host, _, port = text.rpartition(":")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exitgate.admission import Admission, Admitted
-from exitgate.errors import GatewayError
+from exitgate.errors import Code, GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.connect import Connector
+from exitgate.net.loglimit import LogLimiter
 from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
 from exitgate.services import UsageService
 from exitgate.settings import ExitSettings, ProxySettings
 
 log = logging.getLogger("exitgate.proxy")
+_SUMMARISED = frozenset({Code.AUTH_FAILED, Code.AUTH_THROTTLED})
 
 
 def uncounted(n: int) -> None:
@@ -38,13 +40,16 @@ class ProxyContext:
     usage: UsageService
     # the listener's bookkeeping, told when a spliced tunnel (which has no task) is over
     on_tunnel_end: Callable[[Conn], None] = _nothing
+    # warnings a client or website can repeat at will: at most one line per address a minute
+    warnings: LogLimiter = field(default_factory=lambda: LogLimiter(log))
 
     def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
         """Every error, whatever the protocol, lands in the package's recent-errors log."""
         self.recorder.error(err.package_id, err, protocol=protocol, client=client, target=target)
         if err.package_id is not None:
             self.usage.error(err.package_id, err.code)
-        log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
+        if err.code not in _SUMMARISED:  # those: one summary per address (auth_reports)
+            log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
 
     def meter(
         self, admitted: Admitted, node: Node, on_stop: Callable[[GatewayError], None]

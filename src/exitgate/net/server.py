@@ -19,6 +19,8 @@ import socket
 import ssl
 from typing import Literal
 
+from exitgate.errors import Code, GatewayError, http_error_response
+from exitgate.net.caps import start_caps
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.context import ProxyContext
 from exitgate.net.http_handler import HttpSession
@@ -31,6 +33,11 @@ log = logging.getLogger("exitgate.server")
 Mode = Literal["auto", "http", "socks5"]
 SOCKS_VERSION = 0x05
 TLS_HANDSHAKE = 0x16
+SOCKS_NO_ACCEPTABLE_METHOD = b"\x05\xff"
+# A refused connection is answered at its first bytes and then held only this long (at most)
+# for the client to read the answer and close: a flood over the cap cannot park descriptors
+# for the whole handshake timeout.
+REFUSED_LINGER = 2.0
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -45,9 +52,16 @@ class ProxyServer:
         self.tls = tls
         self.servers: list[asyncio.Server] = []
         self.listeners: list[socket.socket] = []
-        self.clients: set[Conn] = set()
+        self.clients: dict[Conn, str] = {}  # open client connections → their address
         self.tasks: set[asyncio.Task[None]] = set()
-        ctx.on_tunnel_end = self.clients.discard
+        self.caps = start_caps(ctx.proxy.max_connections, ctx.proxy.max_connections_per_ip)
+        ctx.on_tunnel_end = self._ended
+
+    def _ended(self, conn: Conn) -> None:
+        """A client connection is over (once per connection: `clients.pop` is the guard)."""
+        address = self.clients.pop(conn, None)
+        if address is not None:
+            self.caps.release(address)
 
     async def listen(self, address: str, mode: Mode = "auto") -> tuple[str, int]:
         host, port = split_hostport(address)
@@ -60,6 +74,7 @@ class ProxyServer:
             port,
             backlog=self.ctx.proxy.backlog,
             reuse_address=True,
+            reuse_port=self.ctx.proxy.reuse_port or None,
         )
         self.servers.append(server)
         bound = server.sockets[0].getsockname()
@@ -73,7 +88,12 @@ class ProxyServer:
         task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, conn: Conn, mode: Mode, *, sniff: bool = True) -> None:
-        self.clients.add(conn)
+        address = conn.peername[0]
+        refused = self.caps.admit(address)
+        if refused is not None:
+            await self._refuse(conn, mode, sniff, address, refused)
+            return
+        self.clients[conn] = address
         # The handshake deadline runs from accept; each session clears it when its
         # negotiation is done (and sets its own for later phases).
         conn.set_deadline(self.ctx.proxy.handshake_timeout)
@@ -83,15 +103,47 @@ class ProxyServer:
             if mode == "socks5" or (sniff and mode == "auto" and conn.buffer[0] == SOCKS_VERSION):
                 await SocksSession(self.ctx, conn).run()
             else:
-                await HttpSession(self.ctx, conn).run()
+                await HttpSession(self.ctx, conn, address).run()
         except (ConnectionClosed, TimeoutError, ssl.SSLError, ConnectionError):
             pass
         except Exception:
             log.exception("connection handler failed")
         finally:
             if not conn.spliced:  # a spliced tunnel leaves through `ctx.on_tunnel_end`
-                self.clients.discard(conn)
+                self._ended(conn)
                 conn.close()
+
+    async def _refuse(self, conn: Conn, mode: Mode, sniff: bool, address: str, cap: str) -> None:
+        """Over a connection cap: answer at the first bytes, then close. HTTP gets
+        `503 TOO_MANY_CONNECTIONS`, SOCKS5 method selection 0xFF (no credentials are read).
+        The answer goes out with a FIN and the connection lingers (briefly) until the client
+        closes, so the client reads the answer instead of a reset."""
+        caps = self.caps
+        if cap == "address":
+            detail = f"Too many open connections from this address (cap {caps.per_address})"
+        else:
+            detail = f"The gateway is at its connection limit ({caps.limit})"
+        self.ctx.warnings.warning("connection over the cap", address, detail)
+        conn.set_deadline(min(self.ctx.proxy.handshake_timeout, REFUSED_LINGER))
+        try:
+            buffer = conn.buffer
+            if sniff and mode == "auto" and not buffer:
+                await conn.read_more()
+            if mode == "socks5" or (sniff and mode == "auto" and buffer[0] == SOCKS_VERSION):
+                conn.write(SOCKS_NO_ACCEPTABLE_METHOD)
+            else:
+                conn.write(http_error_response(GatewayError(Code.TOO_MANY_CONNECTIONS, detail)))
+            transport = conn.transport
+            if transport is None or not transport.can_write_eof():
+                return
+            transport.write_eof()
+            while True:  # discard what the client still sends until it closes
+                buffer.clear()
+                await conn.read_more()
+        except (ConnectionClosed, TimeoutError, ssl.SSLError, ConnectionError):
+            pass
+        finally:
+            conn.close()
 
     # -- TLS-capable listener: accept, peek, then wrap or not -------------------------------
     async def _listen_peeking(self, host: str, port: int, mode: Mode) -> tuple[str, int]:
@@ -99,7 +151,7 @@ class ProxyServer:
             (host, port),
             family=socket.AF_INET6 if ":" in host else socket.AF_INET,
             backlog=self.ctx.proxy.backlog,
-            reuse_port=False,
+            reuse_port=self.ctx.proxy.reuse_port,
         )
         listener.setblocking(False)
         self.listeners.append(listener)
@@ -115,8 +167,9 @@ class ProxyServer:
             except OSError as exc:
                 if listener.fileno() == -1:
                     return
-                log.warning("accept failed: %s", exc.strerror)
-                await asyncio.sleep(0.05)
+                # out of descriptors, usually: the backlog waits until some are free again
+                self.ctx.warnings.warning("accept failed", "listener", str(exc.strerror))
+                await asyncio.sleep(0.1)
                 continue
             self._track(spawn(self._handle_raw(sock, mode), "proxy-client"))
 
