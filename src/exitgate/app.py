@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from exitgate.admin.api import create_admin_app
 from exitgate.admin.api_bans import bans_router
+from exitgate.admin.api_self import GatewayReads
 from exitgate.admin.api_webhooks import webhook_routes
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.auth_reports import report_failures, throttle_from
@@ -60,6 +61,7 @@ from exitgate.store.degraded import FailoverCounters
 from exitgate.store.redis_errors import RedisErrorLog
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
+from exitgate.targeting import TargetingCounts
 from exitgate.tasks import spawn
 from exitgate.webhooks.service import WebhookService
 from exitgate.webhooks.vault import Vault
@@ -437,6 +439,30 @@ class Gateway:
             flushed_at=flushed_at,
         )
 
+    def _reads(self) -> GatewayReads:
+        """What the catalogue and self-service routes read (issue 13): memory, no database."""
+        if self.usage is None or self.counters is None:
+            raise RuntimeError("start usage and counters before the admin API")
+        return GatewayReads(
+            registry=self.registry,
+            targeting=TargetingCounts.follow(self.registry),
+            recorder=self.recorder,
+            shared_errors=None if self.error_log is None else self.error_log.recent,
+            sessions=self.sessions,
+            counters=self.counters,
+            usage_totals=self.usage.totals,
+            usage_buckets=self.usage.buckets,
+            bans=self._package_bans,
+        )
+
+    async def _package_bans(self, package_id: str) -> list[dict[str, object]]:
+        now = time.time()
+        return [
+            {"domain": b.domain, "node_id": b.node_id, "reason": b.reason,
+             "created": b.created, "until": b.until, "left": round(b.until - now, 3)}
+            for b in await self.bans.list(package_id)
+        ]  # fmt: skip
+
     async def _start_admin(self) -> tuple[str, int]:
         if not self.settings.admin.listen:
             return ("", 0)  # a worker other than the first: worker 0 serves the admin API
@@ -449,6 +475,7 @@ class Gateway:
             public_routers=[metrics_router(self._metrics_sources())],
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
+            reads=self._reads(),
             max_body_bytes=self.settings.admin.max_body_bytes,
         )
         host, port = split_hostport(self.settings.admin.listen)
