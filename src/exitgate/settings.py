@@ -8,6 +8,7 @@ Environment values are parsed as TOML values when they parse (`true`, `10.5`,
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +61,19 @@ class ProxySettings(_Section):
     # and per client address (0: no cap); over a cap, HTTP 503 TOO_MANY_CONNECTIONS
     max_connections: int = Field(default=0, ge=0)
     max_connections_per_ip: int = Field(default=256, ge=0)
+    # load balancers allowed to send a PROXY protocol (v1 or v2) header: addresses or CIDRs.
+    # From these the header is required and names the client; from others it is refused.
+    proxy_protocol_from: tuple[str, ...] = ()
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or CIDR: {item!r}") from None
+        return v
     metering: bool = True
 
     @field_validator("listen", "http_listen", "socks5_listen")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -27,6 +28,7 @@ from exitgate.net.http_handler import HttpSession
 from exitgate.net.socks_handler import SocksSession
 from exitgate.settings import split_hostport
 from exitgate.tasks import spawn
+from exitgate.wire import proxy_protocol
 
 log = logging.getLogger("exitgate.server")
 
@@ -38,6 +40,25 @@ SOCKS_NO_ACCEPTABLE_METHOD = b"\x05\xff"
 # for the client to read the answer and close: a flood over the cap cannot park descriptors
 # for the whole handshake timeout.
 REFUSED_LINGER = 2.0
+
+
+class Balancers:
+    """The load balancers allowed to speak the PROXY protocol (`[proxy] proxy_protocol_from`)."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusted(self, address: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -55,6 +76,7 @@ class ProxyServer:
         self.clients: dict[Conn, str] = {}  # open client connections → their address
         self.tasks: set[asyncio.Task[None]] = set()
         self.caps = start_caps(ctx.proxy.max_connections, ctx.proxy.max_connections_per_ip)
+        self.balancers = Balancers(ctx.proxy.proxy_protocol_from)
         ctx.on_tunnel_end = self._ended
 
     def _ended(self, conn: Conn) -> None:
@@ -89,6 +111,12 @@ class ProxyServer:
 
     async def _handle(self, conn: Conn, mode: Mode, *, sniff: bool = True) -> None:
         address = conn.peername[0]
+        if self.balancers:
+            named = await self._proxy_protocol(conn, address)
+            if named is None:
+                conn.close()
+                return
+            address = named
         refused = self.caps.admit(address)
         if refused is not None:
             await self._refuse(conn, mode, sniff, address, refused)
@@ -112,6 +140,34 @@ class ProxyServer:
             if not conn.spliced:  # a spliced tunnel leaves through `ctx.on_tunnel_end`
                 self._ended(conn)
                 conn.close()
+
+    async def _proxy_protocol(self, conn: Conn, peer: str) -> str | None:
+        """With `[proxy] proxy_protocol_from` set: from a listed balancer, read its PROXY header
+        and make the client it names this connection's address; from anyone else, refuse a
+        connection that starts with one (nobody else may claim an address). None: closed."""
+        conn.set_deadline(self.ctx.proxy.handshake_timeout)
+        try:
+            if not self.balancers.trusted(peer):
+                if not conn.buffer:
+                    await conn.read_more()
+                if proxy_protocol.looks_like_header(bytes(conn.buffer[:12])):
+                    self.ctx.warnings.warning(
+                        "PROXY header from an address not in proxy_protocol_from", peer, ""
+                    )
+                    return None
+                return peer
+            while (header := proxy_protocol.parse(bytes(conn.buffer))) is None:
+                await conn.read_more()
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.ctx.warnings.warning("bad PROXY header", peer, str(exc))
+            return None
+        except (ConnectionClosed, TimeoutError, ConnectionError):
+            return None
+        del conn.buffer[: header.consumed]
+        if header.source is None:  # LOCAL / UNKNOWN: the balancer's own health check
+            return peer
+        conn.proxied = header.source
+        return header.source[0]
 
     async def _refuse(self, conn: Conn, mode: Mode, sniff: bool, address: str, cap: str) -> None:
         """Over a connection cap: answer at the first bytes, then close. HTTP gets
