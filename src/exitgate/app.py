@@ -431,12 +431,27 @@ class Gateway:
             return usage.flushed_at if usage is not None else time.time()
 
         store = self.sessions.store
+        counters = self.counters
+
+        def degraded() -> dict[str, int]:
+            sessions = int(getattr(store, "down", False))
+            limits = int(isinstance(counters, FailoverCounters) and counters.degraded)
+            return {"sessions": sessions, "limits": limits}
+
+        def interlink() -> tuple[int, int]:
+            link = self.interlink
+            return (link.forwarded, link.carried) if link is not None else (0, 0)
+
+        udp = self.proxy.ctx.udp if self.proxy is not None else None
         return Sources(
             stats=self.stats,
             nodes=self.registry.nodes.values,
             agents=agents,
             sessions=store if isinstance(store, Sized) else None,
             flushed_at=flushed_at,
+            degraded=degraded,  # 0 without Redis: the families are always there
+            interlink=interlink,
+            udp=udp.stats if udp is not None else None,
         )
 
     def _reads(self) -> GatewayReads:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.agents import wait_until
 from tests.support.gateway import GatewayThread
@@ -23,6 +24,16 @@ def _ip(gw: GatewayThread, origin: Origin, user: str, key: str) -> str:
     r = requests.get(f"{origin.url}/ip", proxies={"http": gw.proxy_url(user, key)}, timeout=10)
     assert r.status_code == 200, r.headers
     return str(r.json()["ip"])
+
+
+def _degraded(gw: GatewayThread) -> dict[str, float]:
+    text = requests.get(f"{gw.bound.admin_url}/metrics", timeout=5).text
+    return {
+        sample.labels["part"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "exitgate_redis_degraded"
+        for sample in family.samples
+    }
 
 
 @pytest.mark.timeout(120)
@@ -51,6 +62,7 @@ def test_redis_outage_degrades_then_recovers(
                 assert len({_ip(gw, origin, user, key) for gw in (a, b, a, b)}) == 1
             time.sleep(1.5)
             assert a.gateway.counters.degraded  # type: ignore[union-attr]
+            assert _degraded(a) == {"sessions": 1.0, "limits": 1.0}  # shown in /metrics
             relay.restore()
             wait_until(lambda: not a.gateway.counters.degraded  # type: ignore[union-attr]
                        and not b.gateway.counters.degraded, timeout=10)  # type: ignore[union-attr]
@@ -60,6 +72,7 @@ def test_redis_outage_degrades_then_recovers(
                        for gw in (b, a, b))
             listed = b.call(b.gateway.sessions.list(pkg.id))
             assert "after" in {r.key.session_id for r in listed}
+            assert _degraded(a) == {"sessions": 0.0, "limits": 0.0}
         messages = [r.getMessage() for r in caplog.records]
         assert sum("sessions fall back" in m for m in messages) == 2  # once per instance
         assert sum("limits fall back" in m for m in messages) <= 2

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from exitgate import __version__
 from exitgate.model import Node, NodeKind, NodeState
+from exitgate.net.udp_stats import DROP_REASONS, UdpStats
 from exitgate.observe.stats import AUTH_REASONS, LIMIT_KINDS, Histogram, LiveStats
 
 # name (as exposed, counters with _total) → label names. The contract of /metrics.
@@ -59,6 +60,12 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "exitgate_webhook_deliveries_total": ("outcome",),
     "exitgate_accesslog_lines_total": (),
     "exitgate_accesslog_dropped_total": (),
+    "exitgate_redis_degraded": ("part",),
+    "exitgate_interlink_tunnels_total": ("role",),
+    "exitgate_udp_associations_active": (),
+    "exitgate_udp_datagrams_total": ("direction",),
+    "exitgate_udp_payload_bytes_total": ("direction",),
+    "exitgate_udp_dropped_total": ("reason",),
 }
 
 
@@ -71,6 +78,10 @@ class Sources:
     agents: Callable[[], tuple[int, int]] | None = None  # (connected, reconnects)
     sessions: Sized | None = None
     flushed_at: Callable[[], float] | None = None  # wall time of the last complete flush
+    # part ("sessions", "limits") → 1 while Redis is unreachable and that part is degraded
+    degraded: Callable[[], dict[str, int]] | None = None
+    interlink: Callable[[], tuple[int, int]] | None = None  # (forwarded, carried) tunnels
+    udp: UdpStats | None = None
 
 
 def _histogram(name: str, doc: str, label: str, data: dict[str, Histogram]) -> Metric:
@@ -205,11 +216,66 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily(
             "exitgate_accesslog_lines", "Access-log lines queued", value=stats.accesslog_lines
         )
+        yield from self._cluster()
+        yield from self._udp()
         yield CounterMetricFamily(
             "exitgate_accesslog_dropped",
             "Access-log lines dropped: the queue was full or the sink refused the write",
             value=stats.accesslog_dropped + stats.accesslog_failed,
         )
+
+
+    def _cluster(self) -> Iterable[Metric]:
+        src = self.sources
+        if src.degraded is not None:
+            degraded = GaugeMetricFamily(
+                "exitgate_redis_degraded",
+                "1 while Redis is unreachable and this part runs on its local fallback "
+                "(sessions: rendezvous hashing; limits: this instance's share)",
+                labels=["part"],
+            )
+            for part, value in sorted(src.degraded().items()):
+                degraded.add_metric([part], value)
+            yield degraded
+        if src.interlink is not None:
+            forwarded, carried = src.interlink()
+            tunnels = CounterMetricFamily(
+                "exitgate_interlink_tunnels",
+                "Agent tunnels over the cluster interlink (forwarded: admitted here for an "
+                "agent held elsewhere; carried: for another instance to an agent held here)",
+                labels=["role"],
+            )
+            tunnels.add_metric(["forwarded"], forwarded)
+            tunnels.add_metric(["carried"], carried)
+            yield tunnels
+
+    def _udp(self) -> Iterable[Metric]:
+        udp = self.sources.udp
+        if udp is None:
+            return
+        yield GaugeMetricFamily(
+            "exitgate_udp_associations_active", "Open SOCKS5 UDP associations",
+            value=udp.associations_active,
+        )
+        datagrams = CounterMetricFamily(
+            "exitgate_udp_datagrams", "UDP datagrams relayed", labels=["direction"]
+        )
+        datagrams.add_metric(["up"], udp.datagrams_up)
+        datagrams.add_metric(["down"], udp.datagrams_down)
+        yield datagrams
+        payload = CounterMetricFamily(
+            "exitgate_udp_payload_bytes", "UDP payload bytes relayed (metered)",
+            labels=["direction"],
+        )
+        payload.add_metric(["up"], udp.bytes_up)
+        payload.add_metric(["down"], udp.bytes_down)
+        yield payload
+        dropped = CounterMetricFamily(
+            "exitgate_udp_dropped", "UDP datagrams dropped, by reason", labels=["reason"]
+        )
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], udp.dropped.get(reason, 0))
+        yield dropped
 
 
 def metrics_router(sources: Sources) -> APIRouter:

@@ -25,6 +25,7 @@ its own writes in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -254,6 +255,7 @@ class RedisSessionStore:
         self._pending: asyncio.Task[None] | None = None
         self._queued: list[tuple[SessionKey, str]] = []
         self.down = False  # Redis unreachable at the last call (a metric shows it)
+        self.live = 0  # records in Redis at the last `expire` (a metric shows it)
 
     @property
     def idle_timeout(self) -> float:
@@ -368,7 +370,13 @@ class RedisSessionStore:
         dropped: Any = await self._call(
             self._expire, [f"{self.prefix}sx"], [_us(now), self._idle_us, self.prefix]
         )
+        with contextlib.suppress(*DOWN):
+            self.live = int(await self.redis.zcard(f"{self.prefix}sx"))
         return int(dropped)
+
+    def __len__(self) -> int:
+        """Live sessions of every instance, as of the last `expire` (every few seconds)."""
+        return self.live
 
     async def close(self) -> None:
         await self._settled()
