@@ -31,6 +31,8 @@ from exitgate.admin.api_webhooks import webhook_routes
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.auth_reports import report_failures, throttle_from
 from exitgate.cluster.directory import AgentDirectory
+from exitgate.cluster.health import HealthBoard
+from exitgate.cluster.health import merge as merge_health
 from exitgate.cluster.interlink import Interlink
 from exitgate.events import EventBus
 from exitgate.hub.server import Hub, build_hub
@@ -158,6 +160,8 @@ class Gateway:
         self.interlink: Interlink | None = None
         self.changes: ChangeFeed | None = None
         self.error_log: RedisErrorLog | None = None
+        self.instance_id = f"inst-{secrets.token_hex(6)}"  # this process, in shared state
+        self.health_board: HealthBoard | None = None
         self.recorder = Recorder()
         self.throttle = throttle_from(settings.auth)  # failed authentications per address
         self._auth_log: asyncio.Task[None] | None = None
@@ -246,7 +250,7 @@ class Gateway:
         cluster = self.settings.cluster
         redis = Redis.from_url(self.settings.store.redis_url)
         directory = AgentDirectory(
-            redis, f"inst-{secrets.token_hex(6)}", "",
+            redis, self.instance_id, "",
             prefix=self.settings.store.redis_prefix, ttl=cluster.directory_ttl,
         )
         self.interlink = Interlink(hub, directory, cluster.token or hub_token)
@@ -265,6 +269,7 @@ class Gateway:
         await self.usage.start()
         self.counters = open_counters(settings.store.redis_url, settings.store.redis_prefix)
         if isinstance(self.counters, FailoverCounters):
+            self.counters.instance = self.instance_id
             self.counters.start()
         self.limiter = Limiter(self.counters, lease_ttl=settings.store.lease_ttl)
         if settings.store.redis_url:
@@ -278,6 +283,11 @@ class Gateway:
                 Redis.from_url(settings.store.redis_url), prefix=settings.store.redis_prefix
             )
             self.recorder.sink = self.error_log.add
+            self.health_board = HealthBoard(
+                Redis.from_url(settings.store.redis_url), self.instance_id, self.health.summary,
+                prefix=settings.store.redis_prefix,
+            )
+            self.health_board.start()
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
@@ -370,6 +380,8 @@ class Gateway:
         registry = self.registry
         sessions = self.sessions
         shared_errors = self.error_log
+        board = self.health_board
+        health = self.health
 
         def known(package_id: str) -> None:
             if registry.package(package_id) is None:
@@ -384,6 +396,14 @@ class Gateway:
                 except Exception as exc:
                     log.warning("shared errors log unreadable, showing this instance's: %s", exc)
             return recorder.recent_errors(package_id)
+
+        @router.get("/v1/health/nodes", tags=["nodes"])
+        async def node_health() -> dict[str, dict[str, object]]:
+            """Nodes some instance has news of (breaker not closed, failures, penalty): the
+            worst state and each instance's view (healthy nodes are left out)."""
+            if board is not None:
+                return await board.read()
+            return merge_health({self.instance_id: health.summary()})
 
         @router.get("/v1/sessions", tags=["sessions"])
         async def list_sessions(package_id: str) -> list[dict[str, object]]:
@@ -524,6 +544,9 @@ class Gateway:
             self.recorder.sink = None
             await self.error_log.close()
             await self.error_log.redis.aclose()
+        if self.health_board is not None:
+            await self.health_board.close()
+            await self.health_board.redis.aclose()
         if self.changes is not None:
             self.registry.on_write = None
             await self.changes.close()

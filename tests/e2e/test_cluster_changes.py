@@ -12,7 +12,7 @@ from exitgate.model import NodeState, PackageStatus
 from exitgate.store.base import NodeUpdate, PackageUpdate
 from tests.support.agents import wait_until
 from tests.support.gateway import TOKEN, GatewayThread
-from tests.support.origin import Origin
+from tests.support.origin import Origin, closed_port
 
 
 def _code(gw: GatewayThread, origin: Origin, user: str, key: str) -> str:
@@ -77,6 +77,36 @@ def test_any_instance_shows_a_packages_errors(tmp_path: Path, shared_urls, origi
 
         wait_until(seen_on_a, timeout=2)
         assert a.gateway.recorder.recent_errors(pkg.id) == []  # not A's own: the shared log
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_node_health_is_merged_on_read(tmp_path: Path, shared_urls, origin: Origin) -> None:
+    pg, rd = shared_urls
+    store = {"url": pg, "redis_url": rd}
+    a = GatewayThread(tmp_path / "a", store=store)
+    b = GatewayThread(tmp_path / "b", store=store)
+    try:
+        dead = a.upstream_node(f"http://127.0.0.1:{closed_port()}", country="de")
+        pkg, key = a.package()
+        wait_until(lambda: b.gateway.registry.package(pkg.id) is not None
+                   and dead.id in b.gateway.index, timeout=5)
+        for _ in range(4):  # the dead exit fails for B until B's breaker opens
+            assert _code(b, origin, "country-de-onerror-fail", key) in (
+                "NODE_UNAVAILABLE", "NODE_NOT_FOUND")
+        b_id = b.gateway.instance_id
+
+        def seen_on_a() -> bool:
+            r = requests.get(f"{a.bound.admin_url}/v1/health/nodes",
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+            view = r.json().get(dead.id)
+            # open, or half-open once its cool-down ran out: never "closed" after 3 failures
+            return (view is not None and view["state"] in ("open", "half_open", "probing")
+                    and b_id in view["instances"])
+
+        wait_until(seen_on_a, timeout=5)  # A itself never dialled it: B's verdict, merged
+        assert a.gateway.health.summary() == {}
     finally:
         a.stop()
         b.stop()

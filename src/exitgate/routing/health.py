@@ -145,6 +145,24 @@ class NodeHealth:
         self._tick(self.clock())
         return self._blocked
 
+    def summary(self) -> dict[str, dict[str, object]]:
+        """This process's view of the nodes it has news of (a breaker not closed, failures
+        counted, or a penalty left), for operators; healthy nodes are left out."""
+        now = self.clock()
+        self._tick(now)
+        out: dict[str, dict[str, object]] = {}
+        for node_id, node in self._nodes.items():
+            penalty = self._score(node, now)
+            if node.state is BreakerState.CLOSED and not node.failures and penalty < 0.01:
+                continue
+            out[node_id] = {
+                "state": node.state.value,
+                "failures": node.failures,
+                "penalty": round(penalty, 3),
+                "inflight": node.inflight,
+            }
+        return out
+
     def state(self, node_id: str) -> BreakerState:
         self._tick(self.clock())
         node = self._nodes.get(node_id)
