@@ -55,3 +55,63 @@ def test_a_cap_crossed_on_one_instance_holds_on_every_instance(
     finally:
         a.stop()
         b.stop()
+
+
+def test_rps_and_concurrency_limits_hold_across_three_instances(
+    tmp_path: Path, shared_urls, origin: Origin
+) -> None:
+    import socket
+    import threading
+    import time
+
+    from tests.support.gateway import basic
+
+    pg, rd = shared_urls
+    store = {"url": pg, "redis_url": rd}
+    gws = [GatewayThread(tmp_path / n, store=store) for n in "abc"]
+    try:
+        gws[0].direct_node(bind="127.0.0.2", country="us")
+        _, key = gws[0].package(limits=Limits(concurrency=2))
+        rated, rated_key = gws[0].package(limits=Limits(rps=10))
+        for gw in gws:
+            wait_until(lambda gw=gw: gw.gateway.registry.package(rated.id) is not None
+                       and len(gw.gateway.index) == 1, timeout=5)
+        # concurrency: two tunnels held open on A and B, a third on C is refused
+        held = []
+        for gw in gws[:2]:
+            sock = socket.create_connection((gw.proxy_host, gw.proxy_port), timeout=5)
+            sock.sendall(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n"
+                         f"Proxy-Authorization: {basic('country-us', key)}\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            held.append(sock)
+        assert _get(gws[2], origin, key, 10)[0] == "RATE_LIMIT_EXCEEDED"
+        for sock in held:
+            sock.close()
+        wait_until(lambda: _get(gws[2], origin, key, 10)[0] == "OK", timeout=5)  # released
+
+        # rps: clients round-robin over the three instances as fast as they can for 2 s
+        ok = 0
+        lock = threading.Lock()
+        start = time.monotonic()
+        stop_at = start + 2.0
+
+        def hammer(i: int) -> None:
+            nonlocal ok
+            n = i
+            while time.monotonic() < stop_at:
+                code = _get(gws[n % 3], origin, rated_key, 10)[0]
+                n += 1
+                if code == "OK":
+                    with lock:
+                        ok += 1
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        allowed = 10 + 10 * (time.monotonic() - start)  # a full bucket, then the rate
+        assert 0.85 * allowed <= ok <= 1.15 * allowed, (ok, allowed)
+    finally:
+        for gw in gws:
+            gw.stop()
