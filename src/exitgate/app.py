@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import APIRouter, HTTPException
 
 from exitgate.admin.api import create_admin_app
+from exitgate.admin.dashboard import Dashboard, Parts
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
@@ -43,6 +44,7 @@ from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.counters import Counters, open_counters
+from exitgate.store.history import HistoryStore, HistoryWriter
 from exitgate.store.sessions import MemorySessionStore
 from exitgate.tasks import spawn
 
@@ -130,6 +132,8 @@ class Gateway:
         self.token_generated = False
         self._admin: uvicorn.Server | None = None
         self._admin_task: asyncio.Task[None] | None = None
+        self.history: HistoryWriter | None = None  # the dashboard's per-minute sampler
+        self._proxy_bound: tuple[str, int] = ("127.0.0.1", 0)
 
     def _on_node(self, node: Node | None, node_id: str) -> None:
         if node is None:
@@ -203,12 +207,14 @@ class Gateway:
             connector=Connector(self.index, dialer, self.router),
             recorder=self.recorder,
             usage=self.usage,
+            stats=self.stats,
         )
         tls = None
         if settings.proxy.tls_cert:
             tls = tls_context(settings.proxy.tls_cert, settings.proxy.tls_key)
         self.proxy = ProxyServer(ctx, tls)
         proxy_bound = await self.proxy.listen(settings.proxy.listen)
+        self._proxy_bound = proxy_bound
         extra = []
         if settings.proxy.http_listen:
             extra.append(await self.proxy.listen(settings.proxy.http_listen, "http"))
@@ -264,16 +270,37 @@ class Gateway:
 
         return [router]
 
+    def _dashboard(self) -> Dashboard:
+        """The web dashboard and its history sampler (issue 11)."""
+        assert self.service is not None and self.usage is not None and self.router is not None
+        settings = self.settings.dashboard
+        store = HistoryStore(self.settings.store.url, getattr(self.store, "engine", None))
+        self.history = HistoryWriter(
+            self.stats,
+            store,
+            interval=settings.sample_interval,
+            retention=settings.retention_days * 86400,
+        )
+        self.history.start()
+        parts = Parts(
+            self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
+            store, self.history, self.hub, self._proxy_bound,
+        )
+        return Dashboard(parts, self.token, settings)
+
     async def _start_admin(self) -> tuple[str, int]:
         if self.service is None or self.usage is None:
             raise RuntimeError("start the store and usage before the admin API")
+        dashboard = self._dashboard() if self.settings.dashboard.enabled else None
         app = create_admin_app(
             self.service,
             self.token,
-            extra_routers=self._routers(),
+            extra_routers=self._routers() + (dashboard.api_routers() if dashboard else []),
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
         )
+        if dashboard is not None:
+            dashboard.install(app)
         host, port = split_hostport(self.settings.admin.listen)
         # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,
         # instead of uvicorn's sys.exit inside a task.
@@ -305,6 +332,8 @@ class Gateway:
                     await task
         if self.keeper is not None:
             await self.keeper.close()
+        if self.history is not None:
+            await self.history.close()
         if self.usage is not None:
             await self.usage.close()
         if self.counters is not None:

@@ -142,6 +142,13 @@ class LogSettings(_Section):
         return v.lower()
 
 
+class DashboardSettings(_Section):
+    enabled: bool = True  # the web dashboard at the admin listener's `/`
+    sample_interval: float = Field(default=10.0, gt=0)  # seconds between history samples
+    retention_days: float = Field(default=8.0, gt=0)  # per-minute history kept this long
+    session_ttl: float = Field(default=12 * 3600.0, gt=0)  # seconds a login lasts
+
+
 class Settings(_Section):
     proxy: ProxySettings = ProxySettings()
     admin: AdminSettings = AdminSettings()
@@ -152,6 +159,7 @@ class Settings(_Section):
     billing: BillingSettings = BillingSettings()
     geo: GeoSettings = GeoSettings()
     log: LogSettings = LogSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @property
     def data_dir(self) -> Path:
