@@ -285,6 +285,7 @@ class Gateway:
         parts = Parts(
             self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
             store, self.history, self.hub, self._proxy_bound,
+            self.proxy.ctx.node_bytes if self.proxy is not None else {},
         )
         return Dashboard(parts, self.token, settings)
 

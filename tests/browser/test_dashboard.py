@@ -25,7 +25,9 @@ import httpx
 import pytest
 import requests
 
+from exitgate.agent.identity import Flags
 from exitgate.model import Network
+from tests.support.agents import ThreadAgent, attach_hub, wait_until
 from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.origin import Origin
 
@@ -187,9 +189,7 @@ def test_the_proxy_tester_shows_the_exit_address_the_origin_saw(
     assert page.inner_text("#status") == "502"
 
 
-def test_after_traffic_the_charts_draw_data(
-    page: Any, site: tuple[GatewayThread, Origin]
-) -> None:
+def test_after_traffic_the_charts_draw_data(page: Any, site: tuple[GatewayThread, Origin]) -> None:
     gw, origin = site
     gw.direct_node(bind="127.0.0.5", country="ca")
     _, key = make_package(gw, "traffic")
@@ -222,7 +222,8 @@ def test_a_form_posted_without_its_csrf_token_is_refused(
     assert gw.call(gw.service.get_package(package_id)).status.value == "active"
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     ok = page.request.post(
-        f"/packages/{package_id}/status", form={"status": "paused", "csrf": csrf},
+        f"/packages/{package_id}/status",
+        form={"status": "paused", "csrf": csrf},
         max_redirects=0,
     )
     assert ok.status == 303  # the same post with the token goes through
@@ -242,14 +243,16 @@ PAGES = {
 }
 
 
-def test_every_page_renders_under_the_csp(
-    page: Any, site: tuple[GatewayThread, Origin]
-) -> None:
+def test_every_page_renders_under_the_csp(page: Any, site: tuple[GatewayThread, Origin]) -> None:
     gw, origin = site
     gw.direct_node(bind="127.0.0.6", country="de", city="berlin", isp="dtag", asn=3320)
     package_id, key = make_package(gw, "tour")
     for i in range(3):  # a live session and some usage to show
         through_proxy(gw, f"country-de-session-tour{i}", key, f"{origin.url}/ip")
+    assert through_proxy(gw, "country-br", key, f"{origin.url}/ip").status_code == 502
+    hub = attach_hub(gw)
+    agent = ThreadAgent(hub, "agent-tour-1", token="test-hub-token", flags=Flags(country="nl"))
+    wait_until(lambda: "agent-tour-1" in hub.live)
     shots = os.environ.get("EXITGATE_SCREENSHOTS", "")
     login(page)
     page.goto("/login")  # the login page itself, as a logged-out user sees it
@@ -269,6 +272,9 @@ def test_every_page_renders_under_the_csp(
             Path(shots).mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(Path(shots) / f"{name}.png"), full_page=True)
     assert "tour" in page.context.request.get("/sessions").text()
+    assert "agent-tour-1" in page.context.request.get("/agents").text()
+    assert "NODE_NOT_FOUND" in page.context.request.get(f"/packages/{package_id}").text()
+    agent.stop()
     assert page.problems == []
 
 

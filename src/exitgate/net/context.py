@@ -41,6 +41,7 @@ class ProxyContext:
     on_tunnel_end: Callable[[Conn], None] = _nothing
     # live figures for the dashboard (issue 11); the minimum wiring, the metrics work owns more
     stats: LiveStats = field(default_factory=LiveStats)
+    node_bytes: dict[str, list[int]] = field(default_factory=dict)  # node id → [up, down]
 
     def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
         """Every error, whatever the protocol, lands in the package's recent-errors log."""
@@ -62,13 +63,16 @@ class ProxyContext:
             return None
         meter = self.usage.metering.open(admitted.package, node.attrs.network, on_stop)
         up, down = meter.tick_up, meter.tick_down
+        cell = self.node_bytes.setdefault(node.id, [0, 0])
 
         def tick_up(n: int) -> None:
             stats.bytes_up += n
+            cell[0] += n
             up(n)
 
         def tick_down(n: int) -> None:
             stats.bytes_down += n
+            cell[1] += n
             down(n)
 
         meter.tick_up, meter.tick_down = tick_up, tick_down

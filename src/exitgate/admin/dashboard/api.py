@@ -55,7 +55,18 @@ def routes(parts: Parts) -> APIRouter:
     async def node_health(node_id: str) -> dict[str, Any]:
         node = await parts.service.get_node(node_id)
         row = next(n for n in await views.nodes(parts) if n["id"] == node.id)
-        return {k: row[k] for k in ("id", "state", "breaker", "inflight", "recent_failures")}
+        return {
+            k: row[k]
+            for k in (
+                "id",
+                "state",
+                "breaker",
+                "inflight",
+                "recent_failures",
+                "bytes_up",
+                "bytes_down",
+            )
+        }
 
     @r.get("/v1/sessions/live")
     async def live_sessions() -> list[dict[str, Any]]:

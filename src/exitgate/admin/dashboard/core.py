@@ -54,6 +54,7 @@ class Parts:
     writer: HistoryWriter
     hub: Hub | None
     proxy: tuple[str, int]  # the gateway's own proxy listener, for the tester
+    node_bytes: dict[str, list[int]]  # node id → [up, down] relayed since start
 
 
 def _bytes(n: float | None) -> str:

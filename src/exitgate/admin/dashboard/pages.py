@@ -65,9 +65,7 @@ def opt_float(form: FormData, name: str) -> float | None:
 
 def problem(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     return str(exc)
 
 
@@ -144,7 +142,7 @@ def routes(parts: Parts, pages: Pages, book: SessionBook, token: str) -> APIRout
         return JSONResponse(
             {
                 "from": int(now - 48 * 3600),
-                "to": int(now),
+                "to": int(now // 3600 * 3600 + 7200),  # room for the current hour's bars
                 "x": [b.hour for b in buckets],
                 "bytes_up": [b.bytes_up for b in buckets],
                 "bytes_down": [b.bytes_down for b in buckets],

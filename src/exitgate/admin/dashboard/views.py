@@ -65,6 +65,7 @@ def _node_row(parts: Parts, node: Node) -> dict[str, Any]:
     out["breaker"] = parts.health.state(node.id).value
     out["inflight"] = parts.health.inflight(node.id)
     out["recent_failures"] = round(parts.health.failure_score(node.id), 2)
+    out["bytes_up"], out["bytes_down"] = parts.node_bytes.get(node.id, (0, 0))
     return out
 
 
@@ -131,7 +132,5 @@ async def coverage(parts: Parts) -> dict[str, list[dict[str, Any]]]:
             total[value] += 1
             if n.state is NodeState.ONLINE:
                 online[value] += 1
-        out[name] = [
-            {"value": v, "nodes": c, "online": online[v]} for v, c in total.most_common()
-        ]
+        out[name] = [{"value": v, "nodes": c, "online": online[v]} for v, c in total.most_common()]
     return out

@@ -15,6 +15,7 @@
   function draw(box) {
     var holder = box.querySelector(".chart");
     var keys = holder.dataset.series.split(",");
+    var bars = holder.dataset.kind === "bars";
     var labels = (holder.dataset.labels || holder.dataset.series).split(",");
     var url = holder.dataset.src;
     var span = box.dataset.range;
@@ -25,8 +26,11 @@
         var series = [{}];
         var columns = [data.x];
         keys.forEach(function (k, i) {
-          series.push({ label: labels[i], stroke: COLORS[i % COLORS.length], width: 2,
-                        points: { show: true, size: 4 },
+          var color = COLORS[i % COLORS.length];
+          series.push({ label: labels[i], stroke: color, width: 2,
+                        fill: bars ? color + "99" : undefined,
+                        paths: bars ? uPlot.paths.bars({ size: [0.35, 40], align: i === 0 ? -1 : 1 }) : undefined,
+                        points: { show: !bars, size: 4 },
                         value: function (u, v) { return human(v); } });
           columns.push(data[k] || []);
         });
