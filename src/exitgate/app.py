@@ -30,8 +30,8 @@ from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
-from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
+from exitgate.observe.node_figures import NodeConnects, TimedDialer
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
@@ -134,6 +134,7 @@ class Gateway:
         self._admin_task: asyncio.Task[None] | None = None
         self.history: HistoryWriter | None = None  # the dashboard's per-minute sampler
         self._proxy_bound: tuple[str, int] = ("127.0.0.1", 0)
+        self.node_connects: dict[str, NodeConnects] = {}
 
     def _on_node(self, node: Node | None, node_id: str) -> None:
         if node is None:
@@ -193,7 +194,8 @@ class Gateway:
             self.registry,
             allow_private=settings.exit.allow_private,
         )
-        dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
+        dialer = TimedDialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
+        self.node_connects = dialer.figures  # per-node connect times for the dashboard
         self.router = Router(self.index, self.health, self.sessions)
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
         if not settings.store.url.startswith("sqlite"):
@@ -286,6 +288,7 @@ class Gateway:
             self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
             store, self.history, self.hub, self._proxy_bound,
             self.proxy.ctx.node_bytes if self.proxy is not None else {},
+            self.node_connects,
         )
         return Dashboard(parts, self.token, settings)
 

@@ -135,9 +135,7 @@ def test_ui_forms_and_their_api_twins_change_the_same_things(dgw: GatewayThread)
     assert key.group(1) not in c.get(f"/packages/{package.id}").text  # shown once
 
 
-def test_tester_api_reports_the_exit_and_the_exact_code(
-    dgw: GatewayThread, origin: Origin
-) -> None:
+def test_tester_api_reports_the_exit_and_the_exact_code(dgw: GatewayThread, origin: Origin) -> None:
     node = dgw.direct_node(bind="127.0.0.2", country="us")
     _, key = dgw.package()
     api = client(dgw, headers=BEARER)
@@ -146,6 +144,7 @@ def test_tester_api_reports_the_exit_and_the_exact_code(
     assert (got["exit_ip"], got["node_id"], got["status"]) == ("127.0.0.2", node.id, 200)
     health = api.get(f"/v1/nodes/{node.id}/health").json()
     assert health["breaker"] == "closed" and health["bytes_down"] > 0 and health["bytes_up"] > 0
+    assert health["connects"] == 1 and 0 < health["connect_ms_avg"] == health["connect_ms_last"]
     got = api.post("/v1/tester", json={"url": url, "rules": "country-us", "key": "bad"}).json()
     assert got["status"] == 407 and got["error_code"] == "AUTH_FAILED"
     assert api.post("/v1/tester", json={"url": "ftp://x", "key": key}).status_code == 422

@@ -14,6 +14,11 @@ from exitgate.admin.dashboard import tester, views
 from exitgate.admin.dashboard.core import Parts
 from exitgate.admin.schemas import OrgOut
 
+HEALTH_FIELDS = frozenset(
+    {"id", "state", "breaker", "inflight", "recent_failures", "bytes_up", "bytes_down"}
+    | {"connects", "connect_failures", "connect_ms_avg", "connect_ms_last"}
+)
+
 
 class CreditsAdd(BaseModel):
     delta: float = Field(strict=True, allow_inf_nan=False)
@@ -55,18 +60,7 @@ def routes(parts: Parts) -> APIRouter:
     async def node_health(node_id: str) -> dict[str, Any]:
         node = await parts.service.get_node(node_id)
         row = next(n for n in await views.nodes(parts) if n["id"] == node.id)
-        return {
-            k: row[k]
-            for k in (
-                "id",
-                "state",
-                "breaker",
-                "inflight",
-                "recent_failures",
-                "bytes_up",
-                "bytes_down",
-            )
-        }
+        return {k: v for k, v in row.items() if k in HEALTH_FIELDS}
 
     @r.get("/v1/sessions/live")
     async def live_sessions() -> list[dict[str, Any]]:

@@ -24,11 +24,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.datastructures import FormData
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE = "eg_session"
@@ -94,14 +94,13 @@ class SessionBook:
 
 
 def cookies_of(scope: Scope) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
+    """Starlette's lenient parser (as `Request.cookies`): another app's odd cookie on the same
+    host (cookies ignore ports) must not hide ours, as it would with `SimpleCookie`."""
+    jar: dict[str, str] = {}
     for name, value in scope.get("headers", ()):
         if name == b"cookie":
-            try:
-                jar.load(value.decode("latin-1"))
-            except Exception:  # a malformed cookie header: as if there were none
-                return {}
-    return {k: m.value for k, m in jar.items()}
+            jar.update(cookie_parser(value.decode("latin-1")))
+    return jar
 
 
 def is_ours(path: str) -> bool:

@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from exitgate.admin.dashboard.auth import Session, session_of
+from exitgate.observe.node_figures import NodeConnects
 from exitgate.observe.stats import LiveStats
 from exitgate.recorder import Recorder
 from exitgate.routing.health import NodeHealth
@@ -55,6 +56,7 @@ class Parts:
     hub: Hub | None
     proxy: tuple[str, int]  # the gateway's own proxy listener, for the tester
     node_bytes: dict[str, list[int]]  # node id → [up, down] relayed since start
+    node_connects: dict[str, NodeConnects]  # node id → connect counts and times
 
 
 def _bytes(n: float | None) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from exitgate.admin.dashboard.core import Parts
 from exitgate.admin.schemas import NodeOut
 from exitgate.model import Node, NodeState
+from exitgate.observe.node_figures import NodeConnects
 from exitgate.routing.health import BreakerState
 from exitgate.services import NodeFilter
 
@@ -66,6 +67,9 @@ def _node_row(parts: Parts, node: Node) -> dict[str, Any]:
     out["inflight"] = parts.health.inflight(node.id)
     out["recent_failures"] = round(parts.health.failure_score(node.id), 2)
     out["bytes_up"], out["bytes_down"] = parts.node_bytes.get(node.id, (0, 0))
+    c = parts.node_connects.get(node.id, NodeConnects())
+    out["connects"], out["connect_failures"] = c.connects, c.failures
+    out["connect_ms_avg"], out["connect_ms_last"] = round(c.avg_ms, 1), round(c.last_ms, 1)
     return out
 
 
