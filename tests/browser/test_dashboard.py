@@ -157,7 +157,10 @@ def test_taking_a_node_offline_in_the_ui_answers_502_node_not_found(
     _, key = make_package(gw, "node-off")
     assert through_proxy(gw, "country-fr", key, f"{origin.url}/ip").json()["ip"] == "127.0.0.3"
     login(page)
-    page.goto("/nodes?country=fr")
+    page.goto("/nodes")
+    page.select_option("select[name=country]", "fr")  # htmx swaps the table in place
+    page.wait_for_url("**/nodes?*country=fr*")
+    page.wait_for_function("document.querySelectorAll('tr[data-node]').length === 1")
     row = page.locator(f"tr[data-node='{node.id}']")
     row.locator("button:text-is('Offline')").click()
     assert "offline" in page.locator(f"tr[data-node='{node.id}']").inner_text()
@@ -275,6 +278,11 @@ def test_every_page_renders_under_the_csp(page: Any, site: tuple[GatewayThread, 
     assert "agent-tour-1" in page.context.request.get("/agents").text()
     assert "NODE_NOT_FOUND" in page.context.request.get(f"/packages/{package_id}").text()
     agent.stop()
+    page.goto("/sessions")  # end a live session from the UI
+    page.locator("tr[data-session='tour0'] button:text-is('End')").click()
+    assert "session tour0 ended" in page.inner_text(".flash")
+    assert page.locator("tr[data-session='tour0']").count() == 0
+    assert page.locator("tr[data-session='tour1']").count() == 1
     assert page.problems == []
 
 
