@@ -46,6 +46,7 @@ ARGS = [
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,7 @@ def test_taking_a_node_offline_in_the_ui_answers_502_node_not_found(
     page.goto("/nodes")
     page.select_option("select[name=country]", "fr")  # htmx swaps the table in place
     page.wait_for_url("**/nodes?*country=fr*")
-    page.wait_for_function("document.querySelectorAll('tr[data-node]').length === 1")
+    expect(page.locator("tr[data-node]")).to_have_count(1)
     row = page.locator(f"tr[data-node='{node.id}']")
     row.locator("button:text-is('Offline')").click()
     assert "offline" in page.locator(f"tr[data-node='{node.id}']").inner_text()
@@ -200,15 +201,13 @@ def test_after_traffic_the_charts_draw_data(page: Any, site: tuple[GatewayThread
         assert through_proxy(gw, "country-ca", key, f"{origin.url}/ip").status_code == 200
     time.sleep(1.2)  # two samples of the 0.5 s history writer
     login(page)
-    charts = page.locator(".chart[data-ready='1']")
-    charts.first.wait_for()
-    page.wait_for_function("document.querySelectorAll(\".chart[data-ready='1']\").length === 3")
+    expect(page.locator(".chart[data-ready='1']")).to_have_count(3)
     assert page.locator("#chart-traffic canvas").count() >= 1
     assert int(page.locator("#chart-traffic .chart").get_attribute("data-points")) >= 1
     data = page.request.get("/data/history?span=hour").json()
     assert sum(data["bytes_down"]) > 0 and sum(data["requests"]) > 0
     page.click("#chart-traffic button[data-range=week]")  # the other ranges draw too
-    page.wait_for_function("document.querySelector('#chart-traffic .chart').dataset.ready === '1'")
+    expect(page.locator("#chart-traffic .chart")).to_have_attribute("data-ready", "1")
     assert page.locator("#chart-traffic canvas").count() >= 1
 
 
@@ -246,7 +245,9 @@ PAGES = {
 }
 
 
-def test_every_page_renders_under_the_csp(page: Any, site: tuple[GatewayThread, Origin]) -> None:
+def test_every_page_renders_under_the_csp(
+    page: Any, site: tuple[GatewayThread, Origin], request: pytest.FixtureRequest
+) -> None:
     gw, origin = site
     gw.direct_node(bind="127.0.0.6", country="de", city="berlin", isp="dtag", asn=3320)
     package_id, key = make_package(gw, "tour")
@@ -255,6 +256,7 @@ def test_every_page_renders_under_the_csp(page: Any, site: tuple[GatewayThread, 
     assert through_proxy(gw, "country-br", key, f"{origin.url}/ip").status_code == 502
     hub = attach_hub(gw)
     agent = ThreadAgent(hub, "agent-tour-1", token="test-hub-token", flags=Flags(country="nl"))
+    request.addfinalizer(agent.stop)  # a live agent thread must not outlive a failed test
     wait_until(lambda: "agent-tour-1" in hub.live)
     shots = os.environ.get("EXITGATE_SCREENSHOTS", "")
     login(page)
@@ -268,16 +270,19 @@ def test_every_page_renders_under_the_csp(page: Any, site: tuple[GatewayThread, 
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "no-referrer"
         if page.locator(".chart").count():
-            page.wait_for_function(
-                "[...document.querySelectorAll('.chart')].every(c => c.dataset.ready === '1')"
-            )
+            expect(page.locator(".chart:not([data-ready='1'])")).to_have_count(0)
+        if name == "tester":  # show a result, as an operator would see it
+            page.fill("input[name=url]", f"{origin.url}/ip")
+            page.fill("input[name=rules]", "country-de-city-berlin")
+            page.fill("input[name=key]", key)
+            page.click("button[type=submit].primary")
+            assert page.inner_text("#exit-ip") == "127.0.0.6"
         if shots:
             Path(shots).mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(Path(shots) / f"{name}.png"), full_page=True)
     assert "tour" in page.context.request.get("/sessions").text()
     assert "agent-tour-1" in page.context.request.get("/agents").text()
     assert "NODE_NOT_FOUND" in page.context.request.get(f"/packages/{package_id}").text()
-    agent.stop()
     page.goto("/sessions")  # end a live session from the UI
     page.locator("tr[data-session='tour0'] button:text-is('End')").click()
     assert "session tour0 ended" in page.inner_text(".flash")

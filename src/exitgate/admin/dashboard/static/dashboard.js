@@ -17,6 +17,7 @@
     var keys = holder.dataset.series.split(",");
     var bars = holder.dataset.kind === "bars";
     var labels = (holder.dataset.labels || holder.dataset.series).split(",");
+    holder.dataset.ready = "0";  // until this draw is done (tests wait for "1")
     var url = holder.dataset.src;
     var span = box.dataset.range;
     if (span) url += (url.indexOf("?") < 0 ? "?" : "&") + "span=" + encodeURIComponent(span);
