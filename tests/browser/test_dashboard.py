@@ -14,6 +14,7 @@ written.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -27,6 +28,7 @@ import requests
 
 from exitgate.agent.identity import Flags
 from exitgate.model import Network
+from exitgate.store.history import MinuteRow, minute_of
 from tests.support.agents import ThreadAgent, attach_hub, wait_until
 from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.origin import Origin
@@ -245,6 +247,28 @@ PAGES = {
 }
 
 
+def seed_history(gw: GatewayThread) -> None:
+    """For the screenshots only: a day of made-up per-minute history before this test's own
+    live minute, so the overview's charts have a shape (documented in the README)."""
+    assert gw.gateway.history is not None
+    store = gw.gateway.history.store
+    now = minute_of(time.time())
+    for i in range(1, 24 * 60):
+        wave = 1 + math.sin(i / 40) * 0.6 + math.sin(i / 7) * 0.15
+        requests = int(900 * wave)
+        store.add(
+            MinuteRow(
+                now - 60 * i,
+                bytes_up=int(2.4e6 * wave),
+                bytes_down=int(3.1e7 * wave),
+                requests=requests,
+                errors=requests // 40,
+                tunnels=int(30 * wave),
+                connections=int(45 * wave),
+            )
+        )
+
+
 def test_every_page_renders_under_the_csp(
     page: Any, site: tuple[GatewayThread, Origin], request: pytest.FixtureRequest
 ) -> None:
@@ -259,8 +283,13 @@ def test_every_page_renders_under_the_csp(
     request.addfinalizer(agent.stop)  # a live agent thread must not outlive a failed test
     wait_until(lambda: "agent-tour-1" in hub.live)
     shots = os.environ.get("EXITGATE_SCREENSHOTS", "")
+    if shots:
+        seed_history(gw)
     login(page)
     page.goto("/login")  # the login page itself, as a logged-out user sees it
+    if shots:
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(shots) / "login.png"))
     for name, path in PAGES.items():
         response = page.goto(path or f"/packages/{package_id}")
         assert response is not None and response.status == 200, name
@@ -278,7 +307,6 @@ def test_every_page_renders_under_the_csp(
             page.click("button[type=submit].primary")
             assert page.inner_text("#exit-ip") == "127.0.0.6"
         if shots:
-            Path(shots).mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(Path(shots) / f"{name}.png"), full_page=True)
     assert "tour" in page.context.request.get("/sessions").text()
     assert "agent-tour-1" in page.context.request.get("/agents").text()
