@@ -51,16 +51,15 @@ def test_a_post_without_a_session_is_refused_before_its_body_is_read(
     dgw: GatewayThread,
 ) -> None:
     host, port = dgw.bound.admin
-    with socket.create_connection((host, port), timeout=5) as sock:
-        # a promised 10 MB form that never comes: the answer must not wait for it
+    with socket.create_connection((host, port), timeout=15) as sock:
+        # A promised 10 MB form that never comes: a server reading the body first would
+        # never answer (recv would time out); the guard answers from the head alone.
         sock.sendall(
             b"POST /packages/pkg_x/status HTTP/1.1\r\nHost: a\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n"
             b"Content-Length: 10000000\r\n\r\nstatus=paused"
         )
-        started = time.monotonic()
         head = sock.recv(4096)
-        assert time.monotonic() - started < 2.0
     assert head.startswith(b"HTTP/1.1 403")
     assert b"login required" in head
 
@@ -126,6 +125,13 @@ def test_ui_forms_and_their_api_twins_change_the_same_things(dgw: GatewayThread)
     # a bad value in a form is a message naming the field, not a 500
     r = c.post("/orgs", data={"csrf": csrf, "name": "", "credits": "lots"}, follow_redirects=True)
     assert r.status_code == 200 and "credits: a number" in r.text
+    for bad, message in ({"asn": "x"}, "asn: a whole number"), ({"country": "zz"}, "country"):
+        form = {"csrf": csrf, "kind": "direct", "bind_address": "127.0.0.9"} | bad
+        r = c.post("/nodes", data=form, follow_redirects=True)
+        assert r.status_code == 200 and message in r.text
+    assert dgw.call(dgw.service.list_nodes()) == []
+    gone = c.post("/packages/pkg_nope/status", data={"csrf": csrf, "status": "paused"})
+    assert gone.status_code == 404
     package, _ = dgw.package(org.id)
     c.post(f"/packages/{package.id}/limits", data={"csrf": csrf, "rps_limit": "7"})
     assert dgw.call(dgw.service.get_package(package.id)).limits.rps == 7

@@ -12,65 +12,28 @@ import hmac
 import math
 import secrets
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
-from starlette.datastructures import FormData
 
 from exitgate.admin.dashboard import views
 from exitgate.admin.dashboard.auth import (
     COOKIE,
     LOGIN_COOKIE,
     SessionBook,
-    checked_form,
     cookie_args,
     cookies_of,
     session_of,
 )
 from exitgate.admin.dashboard.core import Pages, Parts
+from exitgate.admin.dashboard.forms import Form, back, field, opt_float, opt_int, problem
 from exitgate.admin.schemas import OrgCreate, PackageCreate, PackagePatch
 from exitgate.model import Limits, PackageStatus
 from exitgate.store.base import NewPackage, NotFound, PackageUpdate
 
-Form = Annotated[FormData, Depends(checked_form)]
 LIMIT_FIELDS = ("rps_limit", "concurrency_limit", "traffic_limit_bytes")
-
-
-def field(form: FormData, name: str) -> str:
-    value = form.get(name, "")
-    return value.strip() if isinstance(value, str) else ""
-
-
-def opt_int(form: FormData, name: str) -> int | None:
-    text = field(form, name)
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{name}: a whole number, or empty for no limit") from None
-
-
-def opt_float(form: FormData, name: str) -> float | None:
-    text = field(form, name)
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{name}: a number") from None
-
-
-def problem(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return str(exc)
-
-
-def back(to: str) -> RedirectResponse:
-    return RedirectResponse(to, status_code=303)
 
 
 def routes(parts: Parts, pages: Pages, book: SessionBook, token: str) -> APIRouter:
@@ -285,4 +248,4 @@ def routes(parts: Parts, pages: Pages, book: SessionBook, token: str) -> APIRout
     return r
 
 
-__all__ = ["Form", "back", "field", "opt_int", "problem", "routes"]
+__all__ = ["routes"]

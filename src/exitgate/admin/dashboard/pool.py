@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from exitgate.admin.dashboard import tester, views
 from exitgate.admin.dashboard.auth import session_of
 from exitgate.admin.dashboard.core import Pages, Parts
-from exitgate.admin.dashboard.pages import Form, back, field, opt_int, problem
+from exitgate.admin.dashboard.forms import Form, back, field, opt_int, problem
 from exitgate.admin.schemas import NodeCreate
 from exitgate.model import Network, NodeAttrs, NodeKind, NodeState
 from exitgate.services import NodeFilter
@@ -65,20 +65,20 @@ def routes(parts: Parts, pages: Pages) -> APIRouter:
     async def add_node(request: Request, form: Form) -> Response:
         session = session_of(request)
         kind = field(form, "kind")
-        given: dict[str, Any] = {
-            "kind": kind,
-            "country": field(form, "country"),
-            "city": field(form, "city"),
-            "isp": field(form, "isp"),
-            "asn": opt_int(form, "asn") if field(form, "asn") else 0,
-            "network": field(form, "network") or "dc",
-            "ip": field(form, "ip"),
-        }
-        if kind == "upstream":
-            given["url"] = field(form, "url")
-        else:
-            given["bind_address"] = field(form, "bind_address")
         try:
+            given: dict[str, Any] = {
+                "kind": kind,
+                "country": field(form, "country"),
+                "city": field(form, "city"),
+                "isp": field(form, "isp"),
+                "asn": opt_int(form, "asn") or 0,
+                "network": field(form, "network") or "dc",
+                "ip": field(form, "ip"),
+            }
+            if kind == "upstream":
+                given["url"] = field(form, "url")
+            else:
+                given["bind_address"] = field(form, "bind_address")
             body = NodeCreate.model_validate(given)
         except (ValueError, ValidationError) as exc:
             session.say(problem(exc), "error")
