@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from starlette.requests import Request
 
 from exitgate.admin.dashboard import auth
-from exitgate.admin.dashboard.auth import SessionBook, cookies_of, is_ours
+from exitgate.admin.dashboard.auth import SessionBook, cookie_args, cookies_of, is_ours
 
 
 def test_sessions_are_opaque_expire_and_close() -> None:
@@ -50,3 +51,14 @@ def test_cookies_are_parsed_and_a_stranger_cookie_does_not_hide_ours() -> None:
     odd = {"headers": [(b"cookie", b'x="\\x; json={"a":1}; eg_session=ok')]}
     assert cookies_of(odd)["eg_session"] == "ok"
     assert cookies_of({"headers": []}) == {}
+
+
+def test_the_cookie_is_secure_exactly_when_served_over_tls() -> None:
+    def request(scheme: str) -> Request:
+        scope = {"type": "http", "scheme": scheme, "path": "/", "headers": [], "server": ("a", 1)}
+        return Request(scope)
+
+    for scheme, secure in (("https", True), ("http", False)):
+        args = cookie_args(request(scheme), 60)
+        assert args["secure"] is secure
+        assert args["httponly"] is True and args["samesite"] == "strict"
