@@ -18,6 +18,26 @@ settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile("thorough", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+XDG_DIRS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME",
+            "XDG_RUNTIME_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the working folder, the home directory or the caller's EXITGATE_*
+    settings: each runs in a fresh empty folder with a fresh HOME, and subprocesses inherit
+    that. (A `serve --demo` run in the checkout leaves an `admin.token` there, which the CLI
+    would otherwise pick up.)"""
+    work = tmp_path_factory.mktemp("cwd")
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    for name in XDG_DIRS:
+        monkeypatch.setenv(name, str(home / name.lower()))
+    for name in list(os.environ):
+        if name.startswith("EXITGATE_"):
+            monkeypatch.delenv(name)
+
 
 @pytest.fixture
 def origin() -> Iterator[Origin]:

@@ -1,6 +1,8 @@
 """The admission pipeline: the ordered gates of SPEC section 4, pure.
 
     1 identify   credentials, client IP → package   ERR_AUTH_REQUIRED AUTH_FAILED IP_NOT_ALLOWED
+                 (per package `auth_mode`; failures    AUTH_THROTTLED
+                 throttled per address)
     2 state      status, organization credits        PACKAGE_SUSPENDED PACKAGE_PAUSED
                                                      PACKAGE_NO_CREDITS
     3 protocol   entitlement, destination policy     DISALLOWED
@@ -27,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
 from exitgate.errors import Code, GatewayError
-from exitgate.model import Org, Package, PackageStatus, Protocol, Target, parse_ip
+from exitgate.model import AuthMode, Org, Package, PackageStatus, Protocol, Target, parse_ip
+from exitgate.policy.authguard import AuthThrottle
 from exitgate.routing.select import Filters, filters_for
 from exitgate.rules import Catalogue, Entitlements, Rules, parse_rules
 
@@ -136,10 +139,20 @@ class Admission:
     sessions: SessionGate = _no_sessions
     # gate 2's view of a pool: the live one counts bytes relayed but not yet debited
     credits_exhausted: Callable[[Org], bool] = _pool_empty
+    # brute-force defence: a blocked address is refused before any key is looked at
+    throttle: AuthThrottle | None = None
 
     # -- gates 1 and 2 ----------------------------------------------------------------------
     def authenticate(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
-        identity = self._identify(credentials, client_ip)
+        throttle = self.throttle
+        if throttle is not None and throttle.blocked(client_ip):
+            raise GatewayError(Code.AUTH_THROTTLED)
+        try:
+            identity = self._identify(credentials, client_ip)
+        except GatewayError as exc:
+            if throttle is not None and exc.code is Code.AUTH_FAILED:
+                throttle.failed(client_ip)
+            raise
         try:
             self._check_state(identity.package)
         except GatewayError as exc:
@@ -147,22 +160,35 @@ class Admission:
             raise
         return identity
 
+    def _by_address(self, client_ip: str) -> Package | None:
+        """The package an allowlisted address alone authenticates: not a `key` one."""
+        for package in self.directory.packages_for_ip(client_ip):
+            if package.auth_mode is not AuthMode.KEY:
+                return package
+        return None
+
     def _identify(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
         if credentials is None:
-            allowed = self.directory.packages_for_ip(client_ip)
-            if not allowed:
+            # A `key` package answers 407 here even to its allowlisted addresses: clients
+            # that send credentials only when asked (browsers, urllib) then send them.
+            package = self._by_address(client_ip)
+            if package is None:
                 raise GatewayError(Code.ERR_AUTH_REQUIRED)
-            return Identity(allowed[0], ANY_RULES)
+            return Identity(package, ANY_RULES)
         username, key = credentials
         if key == "":
             # IP auth with rules in the username: the client IP names the package.
-            allowed = self.directory.packages_for_ip(client_ip)
-            if not allowed:
+            package = self._by_address(client_ip)
+            if package is None:
                 raise GatewayError(Code.AUTH_FAILED)
-            return Identity(allowed[0], username)
+            return Identity(package, username)
         package = self.directory.package_by_key(key)
         if package is None:
             raise GatewayError(Code.AUTH_FAILED)
+        if package.auth_mode is AuthMode.IP:
+            err = GatewayError(Code.AUTH_FAILED, "This package authenticates by address only")
+            err.package_id = package.id
+            raise err
         if not package.allows_ip(client_ip):
             err = GatewayError(Code.IP_NOT_ALLOWED, f"Client IP {client_ip} not in allowlist")
             err.package_id = package.id

@@ -22,10 +22,14 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import APIRouter, HTTPException
+from redis.asyncio import Redis
 
 from exitgate.admin.api import create_admin_app
 from exitgate.admin.dashboard import Dashboard, Parts
 from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.auth_reports import report_failures, throttle_from
+from exitgate.cluster.directory import AgentDirectory
+from exitgate.cluster.interlink import Interlink
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
@@ -43,8 +47,12 @@ from exitgate.routing.sessions import SessionTable
 from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
 from exitgate.store.base import AccountStore, open_store
+from exitgate.store.changes import ChangeFeed
 from exitgate.store.counters import Counters, open_counters
+from exitgate.store.degraded import FailoverCounters
 from exitgate.store.history import HistoryStore, HistoryWriter
+from exitgate.store.redis_errors import RedisErrorLog
+from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
 from exitgate.tasks import spawn
 
@@ -52,6 +60,7 @@ log = logging.getLogger("exitgate")
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 HUB_TOKEN_FILE = "hub.token"  # noqa: S105 - a file name
 REFRESH_SECONDS = 2.0  # how often an instance on a shared database re-reads accounts
+CLOCK_SYNC_SECONDS = 30.0  # how often the session clock re-measures its offset to Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +129,13 @@ class Gateway:
         self.hub: Hub | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._clock_sync: asyncio.Task[None] | None = None
+        self.interlink: Interlink | None = None
+        self.changes: ChangeFeed | None = None
+        self.error_log: RedisErrorLog | None = None
         self.recorder = Recorder()
+        self.throttle = throttle_from(settings.auth)  # failed authentications per address
+        self._auth_log: asyncio.Task[None] | None = None
         self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
@@ -144,14 +159,24 @@ class Gateway:
             self.index.upsert(node)
 
     async def _refresh_registry(self, store: AccountStore) -> None:
+        """Re-read the shared database when another instance announced a change (`ChangeFeed`),
+        and every REFRESH_SECONDS whatever. A snapshot read while a local write landed is
+        dropped and read again: it may predate that write."""
+        nudge = self.changes.wanted if self.changes is not None else asyncio.Event()
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            try:
-                snapshot = await asyncio.to_thread(Snapshot.read, store)
-            except Exception as exc:
-                log.warning("registry refresh failed: %s", exc)
-                continue
-            self.registry.apply(snapshot)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nudge.wait(), REFRESH_SECONDS)
+            nudge.clear()
+            for _ in range(5):
+                generation = self.registry.generation
+                try:
+                    snapshot = await asyncio.to_thread(Snapshot.read, store)
+                except Exception as exc:
+                    log.warning("registry refresh failed: %s", exc)
+                    break
+                if self.registry.generation == generation:
+                    self.registry.apply(snapshot)
+                    break
 
     async def _expire_sessions(self) -> None:
         interval = min(5.0, self.settings.sessions.idle_timeout / 2)
@@ -162,6 +187,44 @@ class Gateway:
             except Exception as exc:  # a shared backend's hiccup: the next round retries
                 log.warning("session expiry failed: %s", exc)
 
+    async def _share_sessions(self) -> None:
+        """Sessions in Redis (issue 9): any instance keeps, rotates, lists and ends any session,
+        on Redis's clock rather than this host's."""
+        store = RedisSessionStore(
+            self.settings.store.redis_url,
+            self.settings.sessions.idle_timeout,
+            prefix=self.settings.store.redis_prefix,
+        )
+        clock = RedisClock(store.redis)
+        try:
+            await clock.sync()
+        except Exception as exc:  # Redis down at start: local time until the next sync
+            log.warning("Redis clock not read (%s): using this host's clock for now", exc)
+        self.sessions = SessionTable(store, clock)
+        self._clock_sync = spawn(self._sync_clock(clock), "redis-clock")
+
+    async def _sync_clock(self, clock: RedisClock) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_SYNC_SECONDS)
+            try:
+                await clock.sync()
+            except Exception as exc:
+                log.warning("Redis clock sync failed: %s", exc)
+
+    async def _join_cluster(self, hub: Hub, hub_token: str) -> None:
+        """The agent directory and the interlink (issue 9): agents held here serve the other
+        instances' requests, and theirs serve ours."""
+        cluster = self.settings.cluster
+        redis = Redis.from_url(self.settings.store.redis_url)
+        directory = AgentDirectory(
+            redis, f"inst-{secrets.token_hex(6)}", "",
+            prefix=self.settings.store.redis_prefix, ttl=cluster.directory_ttl,
+        )
+        self.interlink = Interlink(hub, directory, cluster.token or hub_token)
+        host, port = await self.interlink.start(cluster.listen)
+        directory.addr = cluster.advertise or f"{host}:{port}"
+        log.info("cluster interlink on %s:%d as %s", host, port, directory.instance)
+
     async def start(self) -> Bound:
         settings = self.settings
         self.store = store = await asyncio.to_thread(open_store, settings.store.url)
@@ -170,8 +233,21 @@ class Gateway:
         self.service = AccountService(store, self.registry)
         self.usage = UsageService(self.service, settings.billing)
         await self.usage.start()
-        self.counters = open_counters(settings.store.redis_url)
-        self.limiter = Limiter(self.counters)
+        self.counters = open_counters(settings.store.redis_url, settings.store.redis_prefix)
+        if isinstance(self.counters, FailoverCounters):
+            self.counters.start()
+        self.limiter = Limiter(self.counters, lease_ttl=settings.store.lease_ttl)
+        if settings.store.redis_url:
+            await self._share_sessions()
+            self.changes = ChangeFeed(
+                Redis.from_url(settings.store.redis_url), prefix=settings.store.redis_prefix
+            )
+            self.registry.on_write = self.changes.changed
+            self.changes.start()
+            self.error_log = RedisErrorLog(
+                Redis.from_url(settings.store.redis_url), prefix=settings.store.redis_prefix
+            )
+            self.recorder.sink = self.error_log.add
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
@@ -185,20 +261,30 @@ class Gateway:
             allow_ports=frozenset(settings.exit.allow_ports),
         )
         admission = Admission(
-            self.registry, policy, limits=gate5, credits_exhausted=metering.out_of_credits
+            self.registry,
+            policy,
+            limits=gate5,
+            credits_exhausted=metering.out_of_credits,
+            throttle=self.throttle,
         )
+        self._auth_log = spawn(report_failures(self.throttle), "auth-failure-log")
         hub_token, _ = stored_secret(settings, settings.hub.token, HUB_TOKEN_FILE)
+        # other instances (or `--workers`) write the same store: PostgreSQL, or SQLite + Redis
+        shared = bool(settings.store.redis_url) or not settings.store.url.startswith("sqlite")
+        self.usage.shared = shared
         self.hub = build_hub(
             settings.hub.model_copy(update={"token": hub_token}),
             self.service,
             self.registry,
             allow_private=settings.exit.allow_private,
+            # several instances on one database: never sweep agents another instance holds
+            shared_store=shared,
         )
         dialer = TimedDialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
         self.node_connects = dialer.figures  # per-node connect times for the dashboard
         self.router = Router(self.index, self.health, self.sessions)
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
-        if not settings.store.url.startswith("sqlite"):
+        if shared:
             # A shared database: other instances write too. Re-read it (the registry's
             # `apply` notifies only real changes, so the node index follows cheaply).
             self._refresh = spawn(self._refresh_registry(store), "registry-refresh")
@@ -224,7 +310,11 @@ class Gateway:
             extra.append(await self.proxy.listen(settings.proxy.socks5_listen, "socks5"))
 
         hub_bound = await self.hub.start() if settings.hub.listen else None
+        if settings.cluster.listen and settings.store.redis_url:
+            await self._join_cluster(self.hub, hub_token)
         self.token, self.token_generated = admin_token(settings)
+        if settings.dashboard.enabled:
+            self._start_history()  # every worker samples its own traffic into the store
         admin_bound = await self._start_admin()
         return Bound(proxy_bound, admin_bound, tuple(extra), hub_bound)
 
@@ -233,6 +323,7 @@ class Gateway:
         recorder = self.recorder
         registry = self.registry
         sessions = self.sessions
+        shared_errors = self.error_log
 
         def known(package_id: str) -> None:
             if registry.package(package_id) is None:
@@ -241,6 +332,11 @@ class Gateway:
         @router.get("/v1/packages/{package_id}/errors", tags=["packages"])
         async def package_errors(package_id: str) -> list[dict[str, object]]:
             known(package_id)
+            if shared_errors is not None:
+                try:
+                    return await shared_errors.recent(package_id)  # every instance's errors
+                except Exception as exc:
+                    log.warning("shared errors log unreadable, showing this instance's: %s", exc)
             return recorder.recent_errors(package_id)
 
         @router.get("/v1/sessions", tags=["sessions"])
@@ -272,9 +368,8 @@ class Gateway:
 
         return [router]
 
-    def _dashboard(self) -> Dashboard:
-        """The web dashboard and its history sampler (issue 11)."""
-        assert self.service is not None and self.usage is not None and self.router is not None
+    def _start_history(self) -> None:
+        """The dashboard's per-minute history of `self.stats`, written to the store."""
         settings = self.settings.dashboard
         store = HistoryStore(self.settings.store.url, getattr(self.store, "engine", None))
         self.history = HistoryWriter(
@@ -284,15 +379,21 @@ class Gateway:
             retention=settings.retention_days * 86400,
         )
         self.history.start()
+
+    def _dashboard(self) -> Dashboard:
+        """The web dashboard (issue 11), on the instance that serves the admin API."""
+        assert self.service is not None and self.usage is not None and self.history is not None
         parts = Parts(
             self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
-            store, self.history, self.hub, self._proxy_bound,
+            self.history.store, self.history, self.hub, self._proxy_bound,
             self.proxy.ctx.node_bytes if self.proxy is not None else {},
             self.node_connects,
         )
-        return Dashboard(parts, self.token, settings)
+        return Dashboard(parts, self.token, self.settings.dashboard)
 
     async def _start_admin(self) -> tuple[str, int]:
+        if not self.settings.admin.listen:
+            return ("", 0)  # a worker other than the first: worker 0 serves the admin API
         if self.service is None or self.usage is None:
             raise RuntimeError("start the store and usage before the admin API")
         dashboard = self._dashboard() if self.settings.dashboard.enabled else None
@@ -302,6 +403,7 @@ class Gateway:
             extra_routers=self._routers() + (dashboard.api_routers() if dashboard else []),
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
+            max_body_bytes=self.settings.admin.max_body_bytes,
         )
         if dashboard is not None:
             dashboard.install(app)
@@ -328,8 +430,19 @@ class Gateway:
         if self.proxy is not None:
             await self.proxy.close(grace)
         if self.hub is not None:
-            await self.hub.close(grace)
-        for task in (self._expiry, self._refresh):
+            await self.hub.close(grace)  # the directory still answers `held_elsewhere` here
+        if self.interlink is not None:
+            await self.interlink.close()
+            await self.interlink.directory.redis.aclose()
+        if self.error_log is not None:
+            self.recorder.sink = None
+            await self.error_log.close()
+            await self.error_log.redis.aclose()
+        if self.changes is not None:
+            self.registry.on_write = None
+            await self.changes.close()
+            await self.changes.redis.aclose()
+        for task in (self._expiry, self._refresh, self._clock_sync, self._auth_log):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -342,6 +455,9 @@ class Gateway:
             await self.usage.close()
         if self.counters is not None:
             await self.counters.close()
+        closer = getattr(self.sessions.store, "close", None)
+        if closer is not None:
+            await closer()
         if self._admin is not None and self._admin_task is not None:
             self._admin.should_exit = True
             with contextlib.suppress(Exception):

@@ -106,7 +106,8 @@ async def _serve(config: Path | None, demo: bool) -> None:
         if token is None and not settings.admin.token:
             typer.echo(f"  admin token in {settings.data_dir / 'admin.token'}\n")
     else:
-        typer.echo(f"exitgate: proxy on {bound.proxy_url}, admin API on {bound.admin_url}")
+        admin = bound.admin_url if bound.admin[0] else "worker 0"
+        typer.echo(f"exitgate: proxy on {bound.proxy_url}, admin API on {admin}")
         if bound.hub is not None:
             where = "configured" if settings.hub.token else str(settings.data_dir / "hub.token")
             typer.echo(
@@ -136,9 +137,34 @@ def serve(
     demo: Annotated[
         bool, typer.Option(help="Seed a demo package and loopback exits; print a curl line")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=256,
+            help="Gateway processes sharing the proxy port (SO_REUSEPORT); >1 needs redis_url",
+        ),
+    ] = 1,
 ) -> None:
     """Run the gateway: proxy port, admin API, agent hub."""
+    if workers > 1:
+        _supervise(config, demo, workers)
     _run(_serve(config, demo))
+
+
+def _supervise(config: Path | None, demo: bool, workers: int) -> None:
+    """`--workers N`: check the settings, then run N workers until SIGTERM (never returns)."""
+    from exitgate.supervisor import Supervisor, WorkersError, check
+
+    try:
+        settings = load_settings(config)
+        check(settings, workers, demo)
+    except (SettingsError, WorkersError) as exc:
+        _fail(str(exc), 2)
+        return
+    logging.basicConfig(
+        level=settings.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    raise typer.Exit(Supervisor(settings, config, workers).run())
 
 
 @app.command()

@@ -50,6 +50,15 @@ class PackageStatus(enum.StrEnum):
     SUSPENDED = "suspended"
 
 
+class AuthMode(enum.StrEnum):
+    """How a package's clients authenticate (see `admission`, gate 1)."""
+
+    # SPEC 4, the default: the key from any allowed address, or an allowlisted address alone
+    KEY_OR_IP = "key_or_ip"
+    KEY = "key"  # the key on every request; the allowlist, if set, only restricts where from
+    IP = "ip"  # an allowlisted address alone; a key is not accepted
+
+
 class HostKind(enum.Enum):
     DOMAIN = "domain"
     IPV4 = "ipv4"
@@ -138,6 +147,7 @@ class Package:
     protocols: frozenset[Protocol] = ALL_PROTOCOLS
     networks: frozenset[Network] = ALL_NETWORKS
     rules: frozenset[str] | None = None  # allowed rule names; None: all
+    auth_mode: AuthMode = AuthMode.KEY_OR_IP
 
     def allows_ip(self, ip: str) -> bool:
         if not self.ip_allowlist:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from exitgate.errors import GatewayError
@@ -38,6 +39,8 @@ class ErrorEvent:
 class Recorder:
     def __init__(self) -> None:
         self.recent: dict[str, deque[ErrorEvent]] = {}
+        # set with a shared store: every event also goes there (store/redis_errors.py)
+        self.sink: Callable[[str, ErrorEvent], None] | None = None
 
     def error(
         self,
@@ -55,6 +58,8 @@ class Recorder:
         if log is None:
             log = self.recent[package_id] = deque(maxlen=RECENT_ERRORS)
         log.append(event)
+        if self.sink is not None:
+            self.sink(package_id, event)
 
     def recent_errors(self, package_id: str) -> list[dict[str, object]]:
         return [event.as_dict() for event in reversed(self.recent.get(package_id, ()))]

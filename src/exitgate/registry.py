@@ -53,13 +53,16 @@ class Snapshot:
 
     @classmethod
     def read(cls, store: AccountStore) -> Snapshot:
-        """Blocking: call it in a worker thread when the loop is running."""
-        return cls(
-            orgs=tuple(store.list_orgs()),
-            packages=tuple(store.list_packages()),
-            nodes=tuple(store.list_nodes()),
-            names=store.geo_names(),
-        )
+        """Blocking: call it in a worker thread when the loop is running.
+
+        Packages are read before organizations: an organization is created before its
+        packages, so every package read has its organization in the later read (reading them
+        the other way round, a package made in between had no organization: 407 SUSPENDED
+        on the other instances until the next refresh)."""
+        packages = tuple(store.list_packages())
+        nodes = tuple(store.list_nodes())
+        orgs = tuple(store.list_orgs())
+        return cls(orgs=orgs, packages=packages, nodes=nodes, names=store.geo_names())
 
 
 class Registry:
@@ -81,6 +84,8 @@ class Registry:
         )
         self._catalogue = self._extra
         self._names = (self._catalogue.regions, self._catalogue.cities, self._catalogue.isps)
+        self.generation = 0  # local writes so far (put_*/remove_*; `apply` is not one)
+        self.on_write: Callable[[], None] | None = None  # told of each local write
 
     # filling
 
@@ -112,13 +117,26 @@ class Registry:
     def org(self, org_id: str) -> Org | None:
         return self._orgs.get(org_id)
 
-    def put_org(self, org: Org) -> None:
+    def put_org(self, org: Org, *, quiet: bool = False) -> None:
+        """`quiet`: a routine change (credits debited by a usage flush) that other instances
+        pick up at their next periodic refresh rather than at once."""
         self._orgs[org.id] = org
+        self._wrote(announce=not quiet)
+
+    # local writes: counted, so a refresh never applies a snapshot read before one of them
+
+    def _wrote(self, *, announce: bool = True) -> None:
+        self.generation += 1
+        if announce and self.on_write is not None:
+            self.on_write()
 
     # packages
 
     def package(self, package_id: str) -> Package | None:
         return self._packages.get(package_id)
+
+    def packages(self) -> list[Package]:
+        return list(self._packages.values())
 
     def package_by_key(self, key: str) -> Package | None:
         digest = hash_key(key)
@@ -148,12 +166,14 @@ class Registry:
         self._by_hash[package.key_hash] = package
         if old is None or old.ip_allowlist != package.ip_allowlist:
             self._ip_index = None
+        self._wrote()
 
     def remove_package(self, package_id: str) -> None:
         old = self._packages.pop(package_id, None)
         if old is not None:
             self._by_hash.pop(old.key_hash, None)
             self._ip_index = None
+        self._wrote()
 
     # nodes
 
@@ -172,10 +192,12 @@ class Registry:
         self._nodes[node.id] = node
         self._add_names(node.attrs)
         self._notify(node, node.id)
+        self._wrote()
 
     def remove_node(self, node_id: str) -> None:
         if self._nodes.pop(node_id, None) is not None:
             self._notify(None, node_id)
+        self._wrote()
 
     def on_node_change(self, callback: NodeListener) -> Callable[[], None]:
         """Call `callback(node_or_None, node_id)` after each change; returns an unsubscribe."""

@@ -126,7 +126,7 @@ class AccountService:
         async with self._write:
             result = await asyncio.to_thread(self.store.record_usage, deltas, debits)
             for org in result.orgs:
-                self.registry.put_org(org)
+                self.registry.put_org(org, quiet=True)
             if after is not None:
                 try:
                     after(result)
@@ -216,6 +216,7 @@ class UsageService:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[bool]] = set()
+        self.shared = False  # several instances write this store: re-base caps every interval
 
     # -- life ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -243,6 +244,27 @@ class UsageService:
             if self._stop.is_set():
                 return  # close() does the last flush
             await self.flush()
+            if self.shared:
+                await self.rebase()
+
+    async def rebase(self) -> None:
+        """Several instances: take in the other instances' bytes of every capped package.
+
+        A flush re-bases the packages it wrote; this covers the packages this instance did
+        not relay for lately, so a package over its cap is refused (and its open tunnels cut
+        at their next byte) on every instance within one interval of the instance that
+        crossed it writing its usage. Overshoot: at most what each instance relays for the
+        package in one flush interval plus one metering slice (docs/deploy.md)."""
+        capped = [p.id for p in self.accounts.registry.packages() if p.limits.traffic_bytes]
+        if not capped:
+            return
+        async with self._lock:
+            try:
+                totals = await asyncio.to_thread(self.accounts.store.usage_totals, capped)
+            except Exception as exc:
+                log.debug("usage totals not re-read: %s", exc)
+                return
+            self.metering.load({package_id: t.traffic for package_id, t in totals.items()})
 
     # -- the proxy side -----------------------------------------------------------------------
     def request(self, package_id: str) -> None:

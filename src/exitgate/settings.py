@@ -54,6 +54,7 @@ class ProxySettings(_Section):
     handshake_timeout: float = Field(default=10.0, gt=0)  # client head / SOCKS negotiation
     idle_timeout: float = Field(default=300.0, gt=0)  # kept-alive client connection
     max_head_size: int = Field(default=65536, ge=1024)
+    reuse_port: bool = False  # SO_REUSEPORT: several workers share the port (`--workers`)
     backlog: int = Field(default=4096, ge=16)
     metering: bool = True
 
@@ -64,13 +65,27 @@ class ProxySettings(_Section):
 
 
 class AdminSettings(_Section):
-    listen: str = "127.0.0.1:8090"
+    listen: str = "127.0.0.1:8090"  # "": no admin listener (workers other than the first)
     token: str = ""
+    # every request body, any path: larger → 413 (from Content-Length, or counted while read)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        return _check_listen(v)
+        return v if v == "" else _check_listen(v)
+
+
+class AuthSettings(_Section):
+    """Brute-force defence (`policy.authguard`): `max_failures` wrong keys from one address
+    (an IPv6 /64) within `window` seconds block it for `cooldown` seconds (AUTH_THROTTLED);
+    0 turns blocking off. Failures are logged as one summary per address per `report_every`."""
+
+    max_failures: int = Field(default=20, ge=0)
+    window: float = Field(default=60.0, gt=0)
+    cooldown: float = Field(default=60.0, gt=0)
+    report_every: float = Field(default=10.0, gt=0)
+    max_addresses: int = Field(default=10_000, ge=1)
 
 
 class HubSettings(_Section):
@@ -78,8 +93,25 @@ class HubSettings(_Section):
     token: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    reuse_port: bool = False  # SO_REUSEPORT: several workers share the port (`--workers`)
 
     @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return v if v == "" else _check_listen(v)
+
+
+class ClusterSettings(_Section):
+    """Several instances as one network (needs `[store] redis_url`): agents held by one
+    instance serve requests admitted by any other, over the interlink."""
+
+    listen: str = ""  # the interlink listener; "": this instance neither forwards nor carries
+    advertise: str = ""  # host:port the other instances dial; "": the bound listen address
+    token: str = ""  # shared by the instances; "": the hub token
+    directory_ttl: float = Field(default=6.0, ge=1.0, le=300.0)  # a dead instance's agents
+    # leave the directory within this
+
+    @field_validator("listen", "advertise")
     @classmethod
     def _listen(cls, v: str) -> str:
         return v if v == "" else _check_listen(v)
@@ -88,6 +120,10 @@ class HubSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///exitgate.db"
     redis_url: str = ""
+    redis_prefix: str = Field(default="eg:", max_length=64)  # every Redis key starts with it
+    # concurrency slots are leases renewed every lease_ttl/3: a killed instance's slots
+    # return within lease_ttl
+    lease_ttl: float = Field(default=15.0, ge=3.0, le=3600.0)
 
     @field_validator("url")
     @classmethod
@@ -152,7 +188,9 @@ class DashboardSettings(_Section):
 class Settings(_Section):
     proxy: ProxySettings = ProxySettings()
     admin: AdminSettings = AdminSettings()
+    auth: AuthSettings = AuthSettings()
     hub: HubSettings = HubSettings()
+    cluster: ClusterSettings = ClusterSettings()
     store: StoreSettings = StoreSettings()
     exit: ExitSettings = ExitSettings()
     sessions: SessionSettings = SessionSettings()

@@ -39,8 +39,8 @@ async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Counters]:
         yield backend
     finally:
         await backend.drain()
-        client = backend.redis  # type: ignore[attr-defined]
-        keys = [k async for k in client.scan_iter(match="t_*")]
+        client = backend.redis.redis  # type: ignore[attr-defined]  # FailoverCounters → Redis
+        keys = [k async for k in client.scan_iter(match="eg:t_*")]
         if keys:
             await client.delete(*keys)
         await backend.close()

@@ -6,7 +6,13 @@ import pytest
 from starlette.requests import Request
 
 from exitgate.admin.dashboard import auth
-from exitgate.admin.dashboard.auth import SessionBook, cookie_args, cookies_of, is_ours
+from exitgate.admin.dashboard.auth import (
+    SessionBook,
+    cookie_args,
+    cookies_of,
+    is_open,
+    is_ours,
+)
 
 
 def test_sessions_are_opaque_expire_and_close() -> None:
@@ -39,10 +45,13 @@ def test_flash_messages_are_read_once() -> None:
 
 
 def test_the_guard_owns_every_path_but_the_api_health_and_metrics() -> None:
-    for path in ("/", "/packages", "/login", "/static/x.js", "/v1", "/nope"):
+    for path in ("/", "/packages", "/login", "/static/x.js", "/v1x", "/nope"):
         assert is_ours(path), path
-    for path in ("/v1/orgs", "/openapi.json", "/healthz", "/metrics"):
+    for path in ("/v1", "/v1/orgs", "//v1/orgs", "/x/../v1/orgs", "/openapi.json", "/healthz"):
         assert not is_ours(path), path
+    assert not is_ours("/metrics")
+    assert is_open("/login") and is_open("/static/x.js") and is_open("/favicon.ico")
+    assert not is_open("/static/../packages") and not is_open("/loginx") and not is_open("/")
 
 
 def test_cookies_are_parsed_and_a_stranger_cookie_does_not_hide_ours() -> None:

@@ -6,6 +6,10 @@ the caller mounts through `public_routers` (`/metrics`, the dashboard). `/openap
 authenticated too: SPEC 9 leaves only `/healthz` and `/metrics` open, so the interactive
 docs pages (which could not send the token) are off.
 
+`admin.guard.AdminGuard` wraps the app: it checks the token for `/v1` and `/openapi.json`
+before routing and before any body is read, caps every body (`max_body_bytes`, 413) and
+bounds JSON depth (422). The per-route token dependency stays as a second lock.
+
 Error answers are JSON `{"detail": ...}`:
 - 401 `"missing or invalid admin token"` with `WWW-Authenticate: Bearer`;
 - 404 `"package not found: pkg_..."` for unknown ids in the path;
@@ -32,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from exitgate.admin.guard import DEFAULT_MAX_BODY, AdminGuard
 from exitgate.admin.schemas import (
     Country,
     GeoName,
@@ -81,6 +86,7 @@ def create_admin_app(
     public_routers: Sequence[APIRouter] = (),
     usage_provider: UsageProvider | None = None,
     usage_buckets: UsageBuckets | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     """The admin app. `extra_routers` are mounted behind the token, `public_routers` not."""
     if not token:
@@ -105,6 +111,7 @@ def create_admin_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.add_middleware(AdminGuard, token=token, max_body_bytes=max_body_bytes)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(RequestValidationError, _invalid)
 
@@ -211,6 +218,7 @@ def _package_routes(
             protocols=frozenset(body.protocols),
             networks=frozenset(body.networks),
             rules=None if body.rules is None else frozenset(body.rules),
+            auth_mode=body.auth_mode,
         )
         try:
             package, key = await service.create_package(new)
@@ -248,6 +256,7 @@ def _package_routes(
             protocols=UNSET if body.protocols is None else frozenset(body.protocols),
             networks=UNSET if body.networks is None else frozenset(body.networks),
             rules=pick("rules", None if body.rules is None else frozenset(body.rules)),
+            auth_mode=UNSET if body.auth_mode is None else body.auth_mode,
         )
         return PackageOut.of(await service.update_package(package_id, update))
 

@@ -23,7 +23,7 @@ from exitgate.admin.cli_common import (
     given,
     limit_value,
 )
-from exitgate.model import Network, PackageStatus
+from exitgate.model import AuthMode, Network, PackageStatus
 from exitgate.model import Protocol as ClientProtocol
 
 org_app = typer.Typer(help="Organizations and their credit pools.", **SETTINGS)
@@ -129,6 +129,14 @@ Networks = Annotated[
     list[Network] | None, typer.Option("--network", help="Allowed network (repeatable).")
 ]
 Rules = Annotated[list[str] | None, typer.Option("--rule", help="Allowed rule name (repeatable).")]
+AuthModeOpt = Annotated[
+    AuthMode | None,
+    typer.Option(
+        "--auth-mode",
+        help="key_or_ip (default): key, or an allowlisted address alone; key: credentials on"
+        " every request; ip: an allowlisted address alone.",
+    ),
+]
 
 
 @package_app.command("create")
@@ -143,6 +151,7 @@ def package_create(
     protocol: Protocols = None,
     network: Networks = None,
     rule: Rules = None,
+    auth_mode: AuthModeOpt = None,
     admin: Admin = DEFAULT_ADMIN_URL,
     token: Token = None,
     data_dir: DataDir = Path("."),
@@ -159,6 +168,7 @@ def package_create(
             protocols=... if protocol is None else list(protocol),
             networks=... if network is None else list(network),
             rules=... if rule is None else rule,
+            auth_mode=... if auth_mode is None else auth_mode.value,
         )
         created = api.create_package(org, **fields)
         emit(created, as_json)
@@ -211,6 +221,7 @@ def package_update(
     network: Networks = None,
     rule: Rules = None,
     all_rules: Annotated[bool, typer.Option("--all-rules", help="Allow every rule.")] = False,
+    auth_mode: AuthModeOpt = None,
     admin: Admin = DEFAULT_ADMIN_URL,
     token: Token = None,
     data_dir: DataDir = Path("."),
@@ -232,6 +243,7 @@ def package_update(
             protocols=... if protocol is None else list(protocol),
             networks=... if network is None else list(network),
             rules=None if all_rules else (... if rule is None else rule),
+            auth_mode=... if auth_mode is None else auth_mode.value,
         )
         emit(api.update_package(package_id, **fields), as_json)
 

@@ -32,10 +32,20 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from exitgate.geo import COUNTRY_CODES
-from exitgate.model import IPNetwork, Network, Node, NodeState, Org, Package, PackageStatus
+from exitgate.model import (
+    AuthMode,
+    IPNetwork,
+    Network,
+    Node,
+    NodeState,
+    Org,
+    Package,
+    PackageStatus,
+)
 from exitgate.model import Protocol as ClientProtocol
 from exitgate.rules import RULE_NAMES
 from exitgate.store.base import UsageBucket
@@ -186,10 +196,18 @@ class PackageCreate(_Body):
     protocols: list[ClientProtocol] = Field(default_factory=lambda: list(ClientProtocol))
     networks: list[Network] = Field(default_factory=lambda: list(Network))
     rules: list[RuleName] | None = None  # None: every rule
+    auth_mode: AuthMode = AuthMode.KEY_OR_IP
 
     _nn = field_validator("name", "status", "ip_allowlist", "protocols", "networks", mode="before")(
         _not_null
     )
+    _nn_mode = field_validator("auth_mode", mode="before")(_not_null)
+
+    @model_validator(mode="after")
+    def _ip_needs_allowlist(self) -> PackageCreate:
+        if self.auth_mode is AuthMode.IP and not self.ip_allowlist:
+            raise ValueError("auth_mode ip needs an ip_allowlist: no address could authenticate")
+        return self
 
     def allowlist(self) -> tuple[IPNetwork, ...]:
         return _dedupe_nets(self.ip_allowlist)
@@ -205,10 +223,12 @@ class PackagePatch(_Body):
     protocols: list[ClientProtocol] | None = None
     networks: list[Network] | None = None
     rules: list[RuleName] | None = None
+    auth_mode: AuthMode | None = None
 
     _nn = field_validator("name", "status", "ip_allowlist", "protocols", "networks", mode="before")(
         _not_null
     )
+    _nn_mode = field_validator("auth_mode", mode="before")(_not_null)
 
     def allowlist(self) -> tuple[IPNetwork, ...] | None:
         return None if self.ip_allowlist is None else _dedupe_nets(self.ip_allowlist)
@@ -270,6 +290,7 @@ class PackageOut(BaseModel):
     protocols: list[ClientProtocol]
     networks: list[Network]
     rules: list[str] | None  # None: every rule
+    auth_mode: AuthMode
 
     @classmethod
     def fields_of(cls, p: Package) -> dict[str, Any]:
@@ -285,6 +306,7 @@ class PackageOut(BaseModel):
             "protocols": sorted(p.protocols),
             "networks": sorted(p.networks),
             "rules": None if p.rules is None else sorted(p.rules),
+            "auth_mode": p.auth_mode,
         }
 
     @classmethod

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from exitgate.agent.client import Agent, AgentConfig
-from exitgate.agent.identity import Flags, agent_id, check_flags, default_state_file
+from exitgate.agent.identity import Flags, check_flags, claim_agent_id, default_state_file
 from exitgate.hub.protocol import check_ip
 from exitgate.settings import split_hostport
 
@@ -82,7 +82,7 @@ def agent_command(  # noqa: PLR0917 - one parameter per flag is typer's way
         check_flags(flags)
         if bind:
             check_ip(bind)
-        identity = agent_id(id_, state_file or default_state_file())
+        identity = claim_agent_id(id_, state_file or default_state_file(), bind)
     except ValueError as exc:
         _fail(str(exc))
         return

@@ -2,6 +2,11 @@
 
 - The id is `--id`, else the one kept in a state file (created with a random id on first run),
   so a restarted agent comes back as the same node with the same sessions and history.
+- Several agents on one host (a mobile farm: one per modem) must not share that file, or they
+  would claim one id. `claim_agent_id` takes the first state-file *slot* no running agent holds:
+  each agent keeps an exclusive `flock` on its slot file for its lifetime (`agent-id`,
+  `agent-id.2`, ...; with `--bind`, slots are per address: `agent-id@192.0.2.7`). A restarted
+  agent finds its slot free again and comes back with its id; the lock dies with the process.
 - Attributes given as flags must already be rule values (`check_attrs`, the hub's own check):
   `--city "New York"` is refused with a hint (`new_york`), never silently rewritten.
 - Missing ones are learned from the checker (`GET /api/ipinfo` of `exitgate checker`), asked
@@ -14,6 +19,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -77,6 +83,37 @@ def agent_id(given: str, state_file: Path) -> str:
     except OSError as exc:
         log.warning("cannot keep the agent id in %s (%s): it changes on restart", state_file, exc)
     return new
+
+
+MAX_SLOTS = 4096
+_HELD: list[int] = []  # slot locks, held for the life of the process
+
+
+def claim_agent_id(given: str, state_file: Path, bind: str = "") -> str:
+    """`agent_id` over the first state-file slot no other running agent holds (locked now)."""
+    if given:
+        return agent_id(given, state_file)
+    base = state_file.with_name(f"{state_file.name}@{bind}") if bind else state_file
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return agent_id("", base)  # agent_id warns that the id will not survive a restart
+    for slot in range(1, MAX_SLOTS + 1):
+        path = base if slot == 1 else base.with_name(f"{base.name}.{slot}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return agent_id("", path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _HELD.append(fd)
+        if slot > 1:
+            log.info("state file %s is held by another agent: using %s", base, path)
+        return agent_id("", path)
+    raise ValueError(f"every state-file slot of {base} is in use; give this agent --id")
 
 
 def normalise(text: str) -> str:

@@ -381,6 +381,10 @@ class Mux(asyncio.Protocol):
         self._flush()
 
     # -- liveness and budgets --------------------------------------------------------------------
+    def alive(self, now: float) -> bool:
+        """Open and heard from within the silence timeout."""
+        return not self.closed and now - self.last_rx <= self.limits.silence_timeout
+
     def heartbeat(self, now: float) -> str | None:
         """Called every tick: sends PINGs; returns why the peer is dead, or None."""
         h2 = self.h2

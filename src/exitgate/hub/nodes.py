@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from exitgate.model import NodeAttrs, NodeKind, NodeState
@@ -51,6 +51,8 @@ class AgentBook:
         self.registry = registry
         self.desired = desired
         self._running: dict[str, asyncio.Task[None]] = {}
+        # cluster: does another instance hold the agent now? then its "offline" is not ours
+        self.held_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         self._dirty: set[str] = set()
 
     def sync(self, agent_id: str) -> None:
@@ -95,6 +97,8 @@ class AgentBook:
             return
         if want is None:
             if node is not None and node.state is NodeState.ONLINE:
+                if self.held_elsewhere is not None and await self.held_elsewhere(agent_id):
+                    return  # the agent moved to another instance, which keeps it online
                 await self.service.update_node(agent_id, NodeUpdate(state=NodeState.OFFLINE))
             return
         if node is None:

@@ -22,6 +22,7 @@ import hmac
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from h2.errors import ErrorCodes
@@ -43,6 +44,7 @@ from exitgate.hub.protocol import (
     encode_refusal,
     parse_hello,
 )
+from exitgate.hub.stream import Headers
 from exitgate.model import Node, NodeKind, Target
 from exitgate.net.conn import Conn
 from exitgate.net.dial import NodeFailure
@@ -134,6 +136,10 @@ class Hub:
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._token = settings.token.encode()
+        # set by the cluster interlink: how to reach an agent another instance holds
+        self.forward: Callable[[Node, Target, float], Awaitable[Conn]] | None = None
+        # set by the cluster interlink: told of every registration and disconnection
+        self.on_agent: Callable[[str, AgentLink | None], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -154,6 +160,7 @@ class Hub:
             ssl_handshake_timeout=HELLO_TIMEOUT if tls else None,
             backlog=4096,
             reuse_address=True,
+            reuse_port=self.settings.reuse_port or None,
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
@@ -195,16 +202,29 @@ class Hub:
         link.agent_id = hello.agent_id
         link.ip = hello.ip or link.peer.rpartition(":")[0].strip("[]")
         previous = self.live.get(hello.agent_id)
+        if previous is not None and previous.alive(time.monotonic()):
+            # Two live agents claiming one id would knock each other off forever. The one
+            # connected keeps its place; the newcomer is refused as transient (it backs off
+            # and retries, and gets in once the other is really gone: a restarted agent's old
+            # connection is declared dead within the silence timeout).
+            reason = (
+                f"agent id {hello.agent_id} is already connected from {previous.peer}; "
+                "give each agent its own --id or --state-file"
+            )
+            self.refuse(link, HelloError(RefusalKind.BUSY, reason), hello.agent_id)
+            return
         self.live[hello.agent_id] = link
         if previous is not None:
             log.warning(
-                "agent %s connected again from %s; closing its connection from %s",
+                "agent %s connected again from %s; closing its silent connection from %s",
                 hello.agent_id, link.peer, previous.peer,
             )
             previous.fail("replaced by a newer connection", goaway=ErrorCodes.NO_ERROR)
         transport.write(encode_ok(hello.agent_id, link.peer.rpartition(":")[0].strip("[]")))
         link.start_h2(rest)
         log.info("agent %s registered from %s", hello.agent_id, link.peer)
+        if self.on_agent is not None:
+            self.on_agent(hello.agent_id, link)
         self.book.sync(hello.agent_id)
 
     def refuse(self, link: AgentLink, exc: HelloError, agent_id: str = "") -> None:
@@ -220,6 +240,8 @@ class Hub:
         if agent_id and self.live.get(agent_id) is link:
             del self.live[agent_id]
             log.info("agent %s offline: %s", agent_id, reason)
+            if self.on_agent is not None:
+                self.on_agent(agent_id, None)
             self.book.sync(agent_id)
 
     def _wanted(self, agent_id: str) -> Wanted | None:
@@ -245,7 +267,17 @@ class Hub:
 
     # -- dialing ---------------------------------------------------------------------------------
     async def dial(self, node: Node, target: Target, connect_timeout: float) -> Conn:
-        """A `Conn` whose far end is `target`, reached through agent `node` (AgentDialer)."""
+        """A `Conn` whose far end is `target`, reached through agent `node` (AgentDialer).
+
+        An agent held by another instance is reached through `forward` (the cluster
+        interlink) when one is set: one hop, and the instance holding it dials locally."""
+        link = self.live.get(node.id)
+        if link is None and self.forward is not None:
+            return await self.forward(node, target, connect_timeout)
+        return await self.dial_local(node, target, connect_timeout)
+
+    async def dial_local(self, node: Node, target: Target, connect_timeout: float) -> Conn:
+        """`dial` through a connection held by this instance only (never forwards)."""
         link = self.live.get(node.id)
         if link is None or link.closed or link.h2 is None:
             raise NodeFailure(node, "Agent is offline")
@@ -254,40 +286,52 @@ class Hub:
         h2 = link.h2
         if h2.open_outbound_streams >= h2.remote_settings.max_concurrent_streams:
             raise NodeFailure(node, "Agent is at its tunnel limit")
-        try:
-            headers = connect_headers(target, connect_timeout, self.allow_private)
-        except ValueError:
-            raise GatewayError(
-                Code.TARGET_UNREACHABLE,
-                f"DNS lookup failed for {target.host}",
-                proxy_status="dns_error",
-            ) from None
-        extra: dict[str, Any] = {"peername": (target.host, target.port), "agent": node.id}
-        try:
-            stream = link.open_stream(headers, extra)
-        except H2Error as exc:
-            raise NodeFailure(node, f"Agent cannot open a tunnel: {exc}") from None
-        try:
-            async with asyncio.timeout(connect_timeout + ANSWER_SLACK):
-                head = await stream.head
-        except TimeoutError:
-            stream.abort()
-            raise NodeFailure(node, "Agent did not answer in time") from None
-        except BaseException:
-            stream.abort()
-            raise
-        if head is None:
-            raise NodeFailure(node, f"Agent failed the tunnel: {stream.failure}")
-        answer = classify(head, target)
-        if answer.bound is None:
-            stream.abort()
-            if answer.target_error is not None:
-                raise answer.target_error
-            raise NodeFailure(node, answer.node_failure)
-        stream.set_extra("sockname", answer.bound)
-        conn = Conn()
-        stream.attach(conn)
-        return conn
+        headers = target_headers(target, connect_timeout, self.allow_private)
+        return await open_tunnel(link, node, headers, target, connect_timeout, who="Agent")
+
+
+def target_headers(target: Target, connect_timeout: float, allow_private: bool) -> Headers:
+    try:
+        return connect_headers(target, connect_timeout, allow_private)
+    except ValueError:
+        raise GatewayError(
+            Code.TARGET_UNREACHABLE,
+            f"DNS lookup failed for {target.host}",
+            proxy_status="dns_error",
+        ) from None
+
+
+async def open_tunnel(
+    link: Mux, node: Node, headers: Headers, target: Target, connect_timeout: float, *, who: str
+) -> Conn:
+    """Open a CONNECT stream on `link` and wait for its answer: a `Conn` on the stream, or
+    `NodeFailure` / the target's `GatewayError` (see the module docstring)."""
+    extra: dict[str, Any] = {"peername": (target.host, target.port), "agent": node.id}
+    try:
+        stream = link.open_stream(headers, extra)
+    except H2Error as exc:
+        raise NodeFailure(node, f"{who} cannot open a tunnel: {exc}") from None
+    try:
+        async with asyncio.timeout(connect_timeout + ANSWER_SLACK):
+            head = await stream.head
+    except TimeoutError:
+        stream.abort()
+        raise NodeFailure(node, f"{who} did not answer in time") from None
+    except BaseException:
+        stream.abort()
+        raise
+    if head is None:
+        raise NodeFailure(node, f"{who} failed the tunnel: {stream.failure}")
+    answer = classify(head, target)
+    if answer.bound is None:
+        stream.abort()
+        if answer.target_error is not None:
+            raise answer.target_error
+        raise NodeFailure(node, answer.node_failure)
+    stream.set_extra("sockname", answer.bound)
+    conn = Conn()
+    stream.attach(conn)
+    return conn
 
 
 def build_hub(

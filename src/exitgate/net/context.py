@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exitgate.admission import Admission, Admitted
-from exitgate.errors import GatewayError
+from exitgate.errors import Code, GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.connect import Connector
@@ -18,6 +18,7 @@ from exitgate.services import UsageService
 from exitgate.settings import ExitSettings, ProxySettings
 
 log = logging.getLogger("exitgate.proxy")
+_SUMMARISED = frozenset({Code.AUTH_FAILED, Code.AUTH_THROTTLED})
 
 
 def uncounted(n: int) -> None:
@@ -49,7 +50,8 @@ class ProxyContext:
         self.stats.outcome(protocol, str(err.code))
         if err.package_id is not None:
             self.usage.error(err.package_id, err.code)
-        log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
+        if err.code not in _SUMMARISED:  # those: one summary per address (auth_reports)
+            log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
 
     def meter(
         self, admitted: Admitted, node: Node, on_stop: Callable[[GatewayError], None]

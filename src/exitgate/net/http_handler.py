@@ -253,8 +253,10 @@ class HttpSession:
             identity = ctx.admission.authenticate(credentials(head), self.client)
             admitted = await ctx.admission.authorize(identity, Protocol.HTTP, target)
         except GatewayError as err:
-            self._fail(err, target.authority, Protocol.HTTP, close=has_body)
-            return not has_body
+            # a throttled address has failed too often: its kept-alive connection goes too
+            close = has_body or err.code is Code.AUTH_THROTTLED
+            self._fail(err, target.authority, Protocol.HTTP, close=close)
+            return not close
         try:
             return await self._forward_admitted(head, admitted, path, body_kind, body_length)
         finally:

@@ -60,6 +60,7 @@ class ProxyServer:
             port,
             backlog=self.ctx.proxy.backlog,
             reuse_address=True,
+            reuse_port=self.ctx.proxy.reuse_port or None,
         )
         self.servers.append(server)
         bound = server.sockets[0].getsockname()
@@ -99,7 +100,7 @@ class ProxyServer:
             (host, port),
             family=socket.AF_INET6 if ":" in host else socket.AF_INET,
             backlog=self.ctx.proxy.backlog,
-            reuse_port=False,
+            reuse_port=self.ctx.proxy.reuse_port,
         )
         listener.setblocking(False)
         self.listeners.append(listener)

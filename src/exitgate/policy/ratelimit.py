@@ -18,9 +18,10 @@ and raises `GatewayError(RATE_LIMIT_EXCEEDED)` with a detail saying which limit:
 `None` means no limit (no counter is touched); 0 refuses everything. Limits are read from the
 `Package` value on every call, so an admin change is effective for the next request.
 
-Leases expire (`lease_ttl`, default 60 s) in a shared backend; `renew()` extends every lease
-this limiter holds, and must run more often than the TTL (`services.LeaseKeeper` runs it every
-TTL/3). A crashed instance's slots therefore free themselves within one TTL.
+Leases expire (`lease_ttl`, default 15 s, `[store] lease_ttl`) in a shared backend; `renew()`
+extends every lease this limiter holds, and must run more often than the TTL
+(`services.LeaseKeeper` runs it every TTL/3). A crashed instance's slots therefore free
+themselves within one TTL.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], int]  # wall-clock microseconds: shared backends compare across hosts
 US = 1_000_000
-DEFAULT_LEASE_TTL = 60.0
+DEFAULT_LEASE_TTL = 15.0
 
 
 def wall_clock_us() -> int:
@@ -48,11 +49,11 @@ def wall_clock_us() -> int:
 
 
 def rate_key(package_id: str) -> str:
-    return f"eg:rps:{package_id}"
+    return f"rps:{package_id}"
 
 
 def slot_key(package_id: str) -> str:
-    return f"eg:conc:{package_id}"
+    return f"conc:{package_id}"
 
 
 def rate_exceeded(rate: int) -> GatewayError:

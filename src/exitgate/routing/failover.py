@@ -47,9 +47,10 @@ session this request claimed but never used. `begin`, `next`, `succeeded` and
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Node, NodeState
@@ -59,6 +60,7 @@ from exitgate.routing.lookalike import lookalike_filters
 from exitgate.routing.select import Filters, matches
 from exitgate.routing.sessions import Plan, SessionOutcome, SessionTable
 from exitgate.rules import OnErrorMode, Rules
+from exitgate.store.sessions import SessionKey
 
 MAX_REPLACEMENTS = 3
 
@@ -246,10 +248,30 @@ class Router:
         """Plan the request: gate 6 (raises GatewayError SESSION_PARAMS_MISMATCH, writing
         nothing), then a due rotation, which moves the session."""
         plan = await self.sessions.plan(package_id, rules)
+        if plan is not None and plan.degraded:
+            chosen = self.rendezvous(plan.key, filters)
+            plan = replace(plan, node_id=chosen.id if chosen is not None else None)
         attempt = Attempt(self, rules, filters, plan)
         if plan is not None and plan.node_id is not None and plan.rotate:
             await attempt.rotate(rules, plan, plan.node_id)
         return attempt
+
+    def rendezvous(self, key: SessionKey, filters: Filters) -> Node | None:
+        """The session's node while the shared session store is down: the matching online
+        node with the highest hash of (package, session, node). Every instance computes the
+        same answer from the same pool, with no state; a node leaving moves only its own
+        sessions. O(pool): a degraded mode, not the fast path."""
+        best: Node | None = None
+        best_score = -1
+        prefix = f"{key.package_id}\x00{key.session_id}\x00".encode()
+        for node in self.index:
+            if node.state is not NodeState.ONLINE or not self.index.matches(node, filters):
+                continue
+            digest = hashlib.blake2b(prefix + node.id.encode(), digest_size=8).digest()
+            score = int.from_bytes(digest, "big")
+            if score > best_score:
+                best, best_score = node, score
+        return best
 
     def select(self, filters: Filters, exclude: Collection[str], like: str | None) -> Node | None:
         """A node for `filters` outside `exclude` and the cooling nodes; lookalike tiers first."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from exitgate.errors import Code, GatewayError
 from exitgate.rules import RotateKind, Rules
-from exitgate.store.sessions import SessionKey, SessionRecord, SessionStore
+from exitgate.store.sessions import SessionKey, SessionRecord, SessionStore, SessionStoreDown
 
 Clock = Callable[[], float]
 
@@ -69,6 +69,9 @@ class Plan:
     node_id: str | None  # the session's node; None: no live record, select one
     new: bool  # no session yet: absent, or provisional (a first request is dialing)
     rotate: bool  # a rotation is due: prefer another node
+    # the shared store is down: the router picks the node by rendezvous hashing over the
+    # matching pool (the same answer on every instance) and nothing is written
+    degraded: bool = False
 
 
 def rotation_due(record: SessionRecord, rules: Rules, now: float) -> bool:
@@ -100,7 +103,10 @@ class SessionTable:
         key = SessionKey(package_id, rules.session)
         canonical = rules.canonical()
         now = self.clock()
-        record = await self.store.get(key, now)
+        try:
+            record = await self.store.get(key, now)
+        except SessionStoreDown:
+            return Plan(key, canonical, None, new=False, rotate=False, degraded=True)
         if record is None:
             return Plan(key, canonical, None, new=True, rotate=False)
         _check_rules(record, canonical)
@@ -117,7 +123,12 @@ class SessionTable:
 
         Raises SESSION_PARAMS_MISMATCH when a racing request claimed the id with other rules.
         """
-        record = await self.store.claim(plan.key, plan.rules, node_id, self.clock())
+        if plan.degraded:
+            return node_id
+        try:
+            record = await self.store.claim(plan.key, plan.rules, node_id, self.clock())
+        except SessionStoreDown:
+            return node_id
         _check_rules(record, plan.rules)
         return record.node_id
 
@@ -128,19 +139,30 @@ class SessionTable:
         session vanished (ended, expired) it is claimed afresh for `new`. If the id now
         belongs to other rules, `new` is returned and nothing is written.
         """
+        if plan.degraded:
+            return new
         now = self.clock()
-        record = await self.store.rebind(plan.key, plan.rules, old, new, now)
-        if record is None:
-            record = await self.store.claim(plan.key, plan.rules, new, now)
+        try:
+            record = await self.store.rebind(plan.key, plan.rules, old, new, now)
+            if record is None:
+                record = await self.store.claim(plan.key, plan.rules, new, now)
+        except SessionStoreDown:
+            return new
         return record.node_id if record.rules == plan.rules else new
 
     async def commit(self, plan: Plan, node_id: str) -> SessionRecord | None:
         """The request reached `node_id`: count it, restart the idle clock."""
-        return await self.store.record(plan.key, plan.rules, node_id, self.clock())
+        if plan.degraded:
+            return None
+        try:
+            return await self.store.record(plan.key, plan.rules, node_id, self.clock())
+        except SessionStoreDown:
+            return None  # the request went through; only its count is lost
 
     def abandon(self, plan: Plan, node_id: str) -> None:
         """The request reached no node: drop the provisional record it may have left."""
-        self.store.release(plan.key, node_id)
+        if not plan.degraded:
+            self.store.release(plan.key, node_id)
 
     # -- admin --------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from typing import Final, Protocol
 from exitgate.model import (
     ALL_NETWORKS,
     ALL_PROTOCOLS,
+    AuthMode,
     IPNetwork,
     Limits,
     Network,
@@ -83,6 +84,7 @@ class NewPackage:
     protocols: frozenset[ClientProtocol] = ALL_PROTOCOLS
     networks: frozenset[Network] = ALL_NETWORKS
     rules: frozenset[str] | None = None
+    auth_mode: AuthMode = AuthMode.KEY_OR_IP
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class PackageUpdate:
     protocols: frozenset[ClientProtocol] | Unset = UNSET
     networks: frozenset[Network] | Unset = UNSET
     rules: frozenset[str] | Unset | None = UNSET
+    auth_mode: AuthMode | Unset = UNSET
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,12 +138,16 @@ class MemoryCounters:
         return None
 
 
-def open_counters(redis_url: str = "") -> Counters:
-    """`MemoryCounters` for an empty url, `RedisCounters` for `redis://` / `rediss://`."""
+def open_counters(redis_url: str = "", prefix: str = "eg:") -> Counters:
+    """`MemoryCounters` for an empty url, `RedisCounters` for `redis://` / `rediss://`.
+
+    Keys given to a counter are bare (`rps:<package>`); Redis keys carry `prefix` first, so
+    several deployments can share one server."""
     if not redis_url:
         return MemoryCounters()
     if redis_url.startswith(("redis://", "rediss://", "unix://")):
+        from exitgate.store.degraded import FailoverCounters
         from exitgate.store.redis_counters import RedisCounters
 
-        return RedisCounters(redis_url)
+        return FailoverCounters(RedisCounters(redis_url, prefix=prefix))
     raise ValueError("redis_url must start with redis://, rediss:// or unix://")

@@ -28,7 +28,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from exitgate.observe.stats import LiveStats
-from exitgate.store.sql_schema import engine_for, metadata, stats_minutes
+from exitgate.store.migrate import upgrade
+from exitgate.store.sql_schema import engine_for, stats_minutes
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.history")
@@ -57,7 +58,8 @@ class HistoryStore:
         self._own = engine is None
         self.engine = engine if engine is not None else engine_for(url)
         self._lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
-        metadata.create_all(self.engine, tables=[stats_minutes])
+        if self._own:  # a shared engine comes from an opened (so migrated) store
+            upgrade(self.engine)
 
     def close(self) -> None:
         if self._own:

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.counters")
+REDIS_TIMEOUT = 1.0  # seconds: connect and each command
 
 _TAKE = """
 local rate = tonumber(ARGV[1])
@@ -83,20 +84,24 @@ def _ms(us: int) -> int:
 class RedisCounters:
     """`Counters` over one Redis server (redis-py's asyncio client, pooled connections)."""
 
-    def __init__(self, url: str, *, client: Redis | None = None) -> None:
-        self.redis: Redis = client if client is not None else Redis.from_url(url)
+    def __init__(self, url: str, *, prefix: str = "eg:", client: Redis | None = None) -> None:
+        # bounded waits: a hung Redis must not stall admission (FailoverCounters takes over)
+        self.redis: Redis = client if client is not None else Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
+        self.prefix = prefix
         self._take = self.redis.register_script(_TAKE)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._renew = self.redis.register_script(_RENEW)
         self._releases: set[asyncio.Task[None]] = set()
 
     async def take(self, key: str, rate: int, burst: int, now: int) -> int:
-        wait: Any = await self._take(keys=[key], args=[rate, burst, now])
+        wait: Any = await self._take(keys=[self.prefix + key], args=[rate, burst, now])
         return int(wait)
 
     async def acquire(self, key: str, holder: str, limit: int, ttl: int, now: int) -> bool:
         args: list[str | int] = [holder, limit, now + ttl, now, _ms(ttl) + 1000]
-        held: Any = await self._acquire(keys=[key], args=args)
+        held: Any = await self._acquire(keys=[self.prefix + key], args=args)
         return int(held) == 1
 
     async def renew(self, leases: Sequence[tuple[str, str]], ttl: int, now: int) -> None:
@@ -105,7 +110,7 @@ class RedisCounters:
             by_key.setdefault(key, []).append(holder)
         for key, holders in by_key.items():
             args: list[str | int] = [now + ttl, _ms(ttl) + 1000, *holders]
-            await self._renew(keys=[key], args=args)
+            await self._renew(keys=[self.prefix + key], args=args)
 
     def release(self, key: str, holder: str) -> None:
         task = spawn(self._zrem(key, holder), "counters-release")
@@ -114,12 +119,12 @@ class RedisCounters:
 
     async def _zrem(self, key: str, holder: str) -> None:
         try:
-            await self.redis.zrem(key, holder)
+            await self.redis.zrem(self.prefix + key, holder)
         except Exception as exc:  # the lease expiry frees it anyway
             log.warning("release of %s in %s failed (expires with its lease): %s", holder, key, exc)
 
     async def count(self, key: str, now: int) -> int:
-        return int(await self.redis.zcount(key, f"({now}", "+inf"))
+        return int(await self.redis.zcount(self.prefix + key, f"({now}", "+inf"))
 
     async def drain(self) -> None:
         while self._releases:

@@ -63,6 +63,10 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 
+class SessionStoreDown(Exception):
+    """A shared session store cannot be reached; the table degrades (routing/sessions.py)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionKey:
     package_id: str

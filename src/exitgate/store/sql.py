@@ -1,8 +1,9 @@
 """`AccountStore` over SQLAlchemy Core: one code path for SQLite and PostgreSQL.
 
-Tables are created on open (`create_all` is idempotent). SQLite runs in WAL mode with a busy
-timeout, and this process serialises its own SQLite transactions with a lock: SQLite has one
-writer anyway, and a lock turns "database is locked" races between our threads into waits.
+Tables are created or upgraded on open (alembic, store/migrate.py). SQLite runs in WAL mode
+with a busy timeout, and this process serialises its own SQLite transactions with a lock:
+SQLite has one writer anyway, and a lock turns "database is locked" races between our threads
+into waits.
 `sqlite://` (in memory) keeps one connection for the life of the store, since each new
 connection to `:memory:` would be a new, empty database. PostgreSQL goes through psycopg 3
 (`postgresql://` is rewritten to `postgresql+psycopg://`); its transactions need no lock.
@@ -31,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
 from exitgate.model import (
+    AuthMode,
     IPNetwork,
     Limits,
     Network,
@@ -58,11 +60,11 @@ from exitgate.store.base import (
     UsageTotals,
 )
 from exitgate.store.keys import new_id
+from exitgate.store.migrate import upgrade
 from exitgate.store.sql_schema import (
     ROWS_PER_STATEMENT,
     engine_for,
     geo_table,
-    metadata,
     nodes,
     orgs,
     packages,
@@ -81,7 +83,7 @@ class SqlStore:
         self.engine = engine_for(url)
         self._is_sqlite = self.engine.dialect.name == "sqlite"
         self._lock = threading.Lock() if self._is_sqlite else None
-        metadata.create_all(self.engine)
+        upgrade(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -148,6 +150,7 @@ class SqlStore:
                     protocols=sorted(p.value for p in new.protocols),
                     networks=sorted(n.value for n in new.networks),
                     rules=None if new.rules is None else sorted(new.rules),
+                    auth_mode=new.auth_mode.value,
                     created_at=time.time(),
                 )
             )
@@ -177,6 +180,8 @@ class SqlStore:
             values["networks"] = sorted(n.value for n in update.networks)
         if update.rules is not UNSET:
             values["rules"] = None if update.rules is None else sorted(update.rules)
+        if update.auth_mode is not UNSET:
+            values["auth_mode"] = update.auth_mode.value
         with self._tx() as conn:
             self._update(conn, packages, "package", package_id, values)
             return self._package(conn, package_id)
@@ -465,6 +470,7 @@ def _package_from(row: RowMapping) -> Package:
         protocols=frozenset(Protocol(p) for p in row["protocols"]),
         networks=frozenset(Network(n) for n in row["networks"]),
         rules=None if rules is None else frozenset(rules),
+        auth_mode=AuthMode(row["auth_mode"] or AuthMode.KEY_OR_IP),
     )
 
 

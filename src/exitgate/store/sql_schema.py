@@ -43,6 +43,8 @@ packages = sa.Table(
     sa.Column("networks", sa.JSON, nullable=False),
     sa.Column("rules", sa.JSON(none_as_null=True), nullable=True),  # NULL: every rule
     sa.Column("created_at", sa.Float, nullable=False),
+    # issue 12 (migration 0002); NULL (a row from before the column): key_or_ip
+    sa.Column("auth_mode", sa.String(16), nullable=True, server_default="key_or_ip"),
 )
 
 nodes = sa.Table(

@@ -31,9 +31,11 @@ from starlette.datastructures import FormData
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from exitgate.admin.guard import normalise
+
 COOKIE = "eg_session"
 LOGIN_COOKIE = "eg_login"
-NOT_OURS = ("/v1/", "/openapi.json", "/healthz", "/metrics")
+NOT_OURS = ("/v1", "/openapi.json", "/healthz", "/metrics")
 OPEN = ("/login", "/static/", "/favicon.ico")  # the browser asks for an icon before log-in
 MAX_SESSIONS = 1000  # the oldest go first beyond this: a bound on what login spam can hold
 CSP = (
@@ -103,8 +105,18 @@ def cookies_of(scope: Scope) -> dict[str, str]:
     return jar
 
 
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
 def is_ours(path: str) -> bool:
-    return not (path.startswith(NOT_OURS) or path in ("/openapi.json", "/healthz", "/metrics"))
+    """The API's paths (as sent or normalised, as `AdminGuard` reads them) are not ours."""
+    return not any(_under(p, NOT_OURS) for p in (path, normalise(path)))
+
+
+def is_open(path: str) -> bool:
+    """Open only if open as sent and once normalised (`/static/../x` is not)."""
+    return all(_under(p, OPEN) for p in (path, normalise(path)))
 
 
 class DashboardGuard:
@@ -129,7 +141,7 @@ class DashboardGuard:
                 message["headers"] = headers
             await send(message)
 
-        if not path.startswith(OPEN):
+        if not is_open(path):
             session = self.book.get(cookies_of(scope).get(COOKIE))
             if session is None:
                 await _refuse(scope, send_headers)

@@ -1,0 +1,1 @@
+"""Several gateway instances as one network: the agent directory and the interlink."""

@@ -1,0 +1,32 @@
+"""The dashboard's per-minute history of the live figures (issue 11, store/history.py).
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "stats_minutes",
+        sa.Column("minute", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("bytes_up", sa.BigInteger, nullable=False),
+        sa.Column("bytes_down", sa.BigInteger, nullable=False),
+        sa.Column("requests", sa.BigInteger, nullable=False),
+        sa.Column("errors", sa.BigInteger, nullable=False),
+        sa.Column("tunnels", sa.BigInteger, nullable=False),
+        sa.Column("connections", sa.BigInteger, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("stats_minutes")

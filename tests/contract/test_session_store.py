@@ -1,0 +1,122 @@
+"""The session store contract (tests/unit/test_sessions.py) run against Redis as well.
+
+The contract's tests are imported from the unit module, so one text of the contract binds every
+backend; here the `store` fixture yields a `RedisSessionStore` under a random key prefix
+(127.0.0.1:6379, override with EXITGATE_TEST_REDIS_URL; skipped when unreachable), and the
+table tests run over it too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from exitgate.routing.sessions import SessionTable
+from exitgate.rules import Rules
+from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
+from exitgate.store.sessions import SessionKey
+from tests.unit.test_sessions import (  # noqa: F401 - collected here against Redis
+    IDLE,
+    T0,
+    Clock,
+    test_admin_list_get_end_expire,
+    test_claim_creates_a_provisional_record,
+    test_claim_is_create_if_absent,
+    test_delete,
+    test_expire_reclaims_exactly_the_expired,
+    test_expired_record_is_absent_for_every_operation,
+    test_first_use_creates_with_canonical_rules,
+    test_idle_expiry_boundary,
+    test_idle_expiry_counts_from_the_last_request,
+    test_list_shows_live_sessions_of_one_package,
+    test_mismatch_is_409_and_leaves_the_session_untouched,
+    test_move_races_follow_the_winner,
+    test_racing_first_requests_end_on_one_node,
+    test_rebind_is_compare_and_set,
+    test_record_counts_and_touches,
+    test_record_with_other_rules_writes_nothing,
+    test_release_drops_only_a_provisional_record_on_that_node,
+    test_rotate_requests_counts_each_request_once,
+    test_rotate_timed_boundary,
+    test_sessions_are_scoped_to_the_package,
+)
+
+REDIS_URL = os.environ.get("EXITGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[RedisSessionStore]:
+    redis = pytest.importorskip("redis.asyncio")
+    probe = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        await probe.ping()
+    except Exception:
+        pytest.skip("Redis not reachable")
+    finally:
+        await probe.aclose()
+    prefix = f"egtest:{secrets.token_hex(4)}:"
+    made = RedisSessionStore(REDIS_URL, IDLE, prefix=prefix)
+    try:
+        yield made
+    finally:
+        keys = [k async for k in made.redis.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await made.redis.delete(*keys)
+        await made.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def table(store: RedisSessionStore, clock: Clock) -> SessionTable:
+    return SessionTable(store, clock)
+
+
+async def test_two_instances_racing_on_one_id_get_one_node(store: RedisSessionStore) -> None:
+    """Two stores (two gateway processes) on one server: one winner, the other follows it."""
+    other = RedisSessionStore(REDIS_URL, IDLE, prefix=store.prefix)
+    try:
+        key = SessionKey("p1", "race")
+        results = await asyncio.gather(
+            *(s.claim(key, "r", f"n{i}", T0) for i, s in enumerate([store, other] * 10))
+        )
+        assert len({r.node_id for r in results}) == 1
+        a = SessionTable(store, Clock())
+        b = SessionTable(other, Clock())
+        plan = await a.plan("p1", Rules(country="us", session="x"))
+        assert plan is not None
+        node = await a.claim(plan, "n1")
+        await a.commit(plan, node)
+        seen = await b.plan("p1", Rules(country="us", session="x"))
+        assert seen is not None and seen.node_id == "n1" and not seen.new
+        assert [r.key.session_id for r in await b.list("p1")] == ["x"]
+        assert await b.end("p1", "x") is True
+        assert await a.get("p1", "x") is None
+    finally:
+        await other.redis.aclose()
+
+
+async def test_keys_expire_on_the_server_and_carry_the_prefix(store: RedisSessionStore) -> None:
+    import time
+
+    now = time.time()
+    await store.record(SessionKey("p9", "s"), "r", "n1", now)
+    ttl = await store.redis.pttl(f"{store.prefix}s:p9:s")
+    assert 0 < ttl <= IDLE * 1000
+    keys = [k async for k in store.redis.scan_iter(match=f"{store.prefix}*")]
+    assert keys and all(k.decode().startswith(store.prefix) for k in keys)
+
+
+async def test_redis_clock_follows_the_server(store: RedisSessionStore) -> None:
+    import time
+
+    clock = RedisClock(store.redis)
+    offset = await clock.sync()
+    assert abs(offset) < 5.0  # same machine: the clocks agree closely
+    assert abs(clock() - time.time() - offset) < 0.01
