@@ -388,6 +388,7 @@ class Gateway:
             self.history.store, self.history, self.hub, self._proxy_bound,
             self.proxy.ctx.node_bytes if self.proxy is not None else {},
             self.node_connects,
+            self.error_log,
         )
         return Dashboard(parts, self.token, self.settings.dashboard)
 

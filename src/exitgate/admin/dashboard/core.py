@@ -29,6 +29,7 @@ from exitgate.store.history import HistoryStore, HistoryWriter
 
 if TYPE_CHECKING:
     from exitgate.hub.server import Hub
+    from exitgate.store.redis_errors import RedisErrorLog
 
 HERE = Path(__file__).parent
 NAV = (
@@ -57,6 +58,7 @@ class Parts:
     proxy: tuple[str, int]  # the gateway's own proxy listener, for the tester
     node_bytes: dict[str, list[int]]  # node id → [up, down] relayed since start
     node_connects: dict[str, NodeConnects]  # node id → connect counts and times
+    shared_errors: RedisErrorLog | None = None  # every instance's recent errors (Redis)
 
 
 def _bytes(n: float | None) -> str:

@@ -143,7 +143,7 @@ def routes(parts: Parts, pages: Pages, book: SessionBook, token: str) -> APIRout
             "usage": usage,
             "used": usage["bytes_up"] + usage["bytes_down"],
             "errors_by_code": sorted(errors.items(), key=lambda kv: -kv[1]),
-            "recent": parts.recorder.recent_errors(package_id),
+            "recent": await views.recent_errors(parts, package_id),
             "new_key": new_key,
             "statuses": list(PackageStatus),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -14,6 +15,7 @@ from exitgate.observe.node_figures import NodeConnects
 from exitgate.routing.health import BreakerState
 from exitgate.services import NodeFilter
 
+log = logging.getLogger("exitgate.dashboard")
 RANGES = {"hour": (3600, 60), "day": (86400, 600), "week": (7 * 86400, 3600)}  # span, step
 
 
@@ -138,3 +140,13 @@ async def coverage(parts: Parts) -> dict[str, list[dict[str, Any]]]:
                 online[value] += 1
         out[name] = [{"value": v, "nodes": c, "online": online[v]} for v, c in total.most_common()]
     return out
+
+
+async def recent_errors(parts: Parts, package_id: str) -> list[dict[str, object]]:
+    """As `GET /v1/packages/{id}/errors`: every instance's, this one's if Redis is unreadable."""
+    if parts.shared_errors is not None:
+        try:
+            return await parts.shared_errors.recent(package_id)
+        except Exception as exc:
+            log.warning("shared errors log unreadable, showing this instance's: %s", exc)
+    return parts.recorder.recent_errors(package_id)
