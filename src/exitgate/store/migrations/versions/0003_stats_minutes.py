@@ -16,6 +16,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Idempotent: a database stamped at the baseline after a `create_all` of a newer schema
+    # (the "made before migrations" path) may hold the table already.
+    if sa.inspect(op.get_bind()).has_table("stats_minutes"):
+        return
     op.create_table(
         "stats_minutes",
         sa.Column("minute", sa.BigInteger, primary_key=True, autoincrement=False),
