@@ -52,6 +52,7 @@ class Instance:
     name: str
     workdir: Path
     metering: bool = True
+    extra: str = ""  # more TOML appended to the config (the access-log benchmark's sections)
     proxy_port: int = 0
     admin_port: int = 0
     hub_port: int = 0
@@ -70,6 +71,7 @@ class Instance:
         path.write_text(
             f"""[proxy]
 listen = "127.0.0.1:{self.proxy_port}"
+max_connections_per_ip = 0  # every benchmark client is 127.0.0.1 (thousands of tunnels)
 {metering}
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
@@ -88,6 +90,7 @@ allow_private = true
 [log]
 level = "warning"
 """
+            + self.extra
         )
         return path
 

@@ -19,6 +19,10 @@ the in-memory `Directory` only: no database per request.
 Gates 5 and 6 are hooks (`LimitGate`, `SessionGate`) so the limits and sessions work plugs in
 without reordering anything. A domain name is checked here by name only (`localhost`); what it
 resolves to is checked by the direct exit just before it connects (see `exits.direct`).
+
+SOAX legacy usernames (`package-<id>-...`, rules_legacy.py) are told apart by their prefix:
+gate 1 answers AUTH_FAILED when the id is not the package the key (or client IP) names, and
+gate 4 parses them into the same `Rules` plus per-session timings (`Admitted.timings`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from exitgate.model import AuthMode, Org, Package, PackageStatus, Protocol, Targ
 from exitgate.policy.authguard import AuthThrottle
 from exitgate.routing.select import Filters, filters_for
 from exitgate.rules import Catalogue, Entitlements, Rules, parse_rules
+from exitgate.rules_legacy import is_legacy, legacy_package_id, parse_legacy
+from exitgate.store.sessions import NO_TIMINGS, SessionTimings
 
 MAIL_PORTS = frozenset({25, 465, 587})
 ANY_RULES = "country-any"
@@ -78,6 +84,7 @@ class Admitted:
     protocol: Protocol
     filters: Filters
     lease: Lease = NO_LEASE  # the caller releases it when the request or connection ends
+    timings: SessionTimings = NO_TIMINGS  # a legacy username's session timings
 
 
 class LimitGate(TypingProtocol):
@@ -168,6 +175,17 @@ class Admission:
         return None
 
     def _identify(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
+        identity = self._identify_package(credentials, client_ip)
+        username = identity.username
+        if is_legacy(username) and legacy_package_id(username) != identity.package.id:
+            err = GatewayError(Code.AUTH_FAILED, "The username names another package")
+            err.package_id = identity.package.id
+            raise err
+        return identity
+
+    def _identify_package(
+        self, credentials: tuple[str, str] | None, client_ip: str
+    ) -> Identity:
         if credentials is None:
             # A `key` package answers 407 here even to its allowlisted addresses: clients
             # that send credentials only when asked (browsers, urllib) then send them.
@@ -220,11 +238,13 @@ class Admission:
         if protocol not in package.protocols:
             raise GatewayError(Code.DISALLOWED, f"Protocol {protocol} not in allowed list")
         self.destinations.check(target)
-        rules = parse_rules(
-            identity.username,
-            self.directory.catalogue,
-            Entitlements(rules=package.rules, networks=package.networks),
-        )
+        entitlements = Entitlements(rules=package.rules, networks=package.networks)
+        timings = NO_TIMINGS
+        if is_legacy(identity.username):
+            legacy = parse_legacy(identity.username, self.directory.catalogue, entitlements)
+            rules, timings = legacy.rules, legacy.timings
+        else:
+            rules = parse_rules(identity.username, self.directory.catalogue, entitlements)
         lease = await self.limits(package)
         try:
             self.sessions(package, rules)
@@ -232,4 +252,4 @@ class Admission:
             lease.release()
             raise
         filters = filters_for(rules, package.networks)
-        return Admitted(package, rules, target, protocol, filters, lease)
+        return Admitted(package, rules, target, protocol, filters, lease, timings)

@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sized
 from dataclasses import dataclass
 
 import uvicorn
@@ -25,27 +25,36 @@ from fastapi import APIRouter, HTTPException
 from redis.asyncio import Redis
 
 from exitgate.admin.api import create_admin_app
+from exitgate.admin.api_bans import bans_router
+from exitgate.admin.api_self import GatewayReads
+from exitgate.admin.api_webhooks import webhook_routes
 from exitgate.admin.dashboard import Dashboard, Parts
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.auth_reports import report_failures, throttle_from
 from exitgate.cluster.directory import AgentDirectory
 from exitgate.cluster.interlink import Interlink
+from exitgate.events import EventBus
 from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
 from exitgate.net.server import ProxyServer, tls_context
+from exitgate.net.udp_assoc import UdpService
+from exitgate.observe.accesslog import AccessLog
+from exitgate.observe.metrics import Sources, metrics_router
 from exitgate.observe.node_figures import NodeConnects, TimedDialer
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
 from exitgate.registry import Registry, Snapshot
+from exitgate.routing.domains import BanTable, DomainMemory
 from exitgate.routing.failover import Router
 from exitgate.routing.health import NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.sessions import SessionTable
 from exitgate.services import AccountService, LeaseKeeper, UsageService
 from exitgate.settings import Settings, split_hostport
+from exitgate.store.bans import MemoryBanStore
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.changes import ChangeFeed
 from exitgate.store.counters import Counters, open_counters
@@ -54,11 +63,15 @@ from exitgate.store.history import HistoryStore, HistoryWriter
 from exitgate.store.redis_errors import RedisErrorLog
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
+from exitgate.targeting import TargetingCounts
 from exitgate.tasks import spawn
+from exitgate.webhooks.service import WebhookService
+from exitgate.webhooks.vault import Vault
 
 log = logging.getLogger("exitgate")
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name
 HUB_TOKEN_FILE = "hub.token"  # noqa: S105 - a file name
+WEBHOOK_KEY_FILE = "webhooks.key"
 REFRESH_SECONDS = 2.0  # how often an instance on a shared database re-reads accounts
 CLOCK_SYNC_SECONDS = 30.0  # how often the session clock re-measures its offset to Redis
 
@@ -99,6 +112,14 @@ def stored_secret(settings: Settings, configured: str, name: str) -> tuple[str, 
     return secret, True
 
 
+def webhook_key(settings: Settings) -> str:
+    """What seals webhook secrets: `[webhooks] secret_key`, else the `webhooks.key` file; an
+    in-memory store gets a key of its own (its secrets die with it anyway)."""
+    if settings.store.url in ("sqlite://", "sqlite:///:memory:"):
+        return settings.webhooks.secret_key or secrets.token_urlsafe(32)
+    return stored_secret(settings, settings.webhooks.secret_key, WEBHOOK_KEY_FILE)[0]
+
+
 def admin_token(settings: Settings) -> tuple[str, bool]:
     return stored_secret(settings, settings.admin.token, TOKEN_FILE)
 
@@ -126,6 +147,12 @@ class Gateway:
             MemorySessionStore(settings.sessions.idle_timeout), time.time
         )
         self.router: Router | None = None
+        domains = settings.domains
+        self.bans = BanTable(
+            MemoryBanStore(domains.max_bans),
+            DomainMemory(domains.memory, domains.exits_per_domain),
+            time.time,
+        )
         self.hub: Hub | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -136,7 +163,13 @@ class Gateway:
         self.recorder = Recorder()
         self.throttle = throttle_from(settings.auth)  # failed authentications per address
         self._auth_log: asyncio.Task[None] | None = None
-        self.stats = LiveStats()  # wired into the data path by the metrics work (issue 11)
+        self.stats = LiveStats()  # the data path's live figures: /metrics, the dashboard
+        self.accesslog: AccessLog | None = None
+        hooks = settings.webhooks
+        # webhooks off: a bus that keeps nothing (every emit is a counted drop)
+        capacity = 10_000 if hooks.enabled else 0
+        self.events = EventBus(capacity=capacity, throttle=hooks.limit_event_interval)
+        self.webhooks: WebhookService | None = None
         self.proxy: ProxyServer | None = None
         self.service: AccountService | None = None
         self.usage: UsageService | None = None
@@ -184,6 +217,7 @@ class Gateway:
             await asyncio.sleep(interval)
             try:
                 await self.sessions.expire()
+                await self.bans.expire()
             except Exception as exc:  # a shared backend's hiccup: the next round retries
                 log.warning("session expiry failed: %s", exc)
 
@@ -231,6 +265,7 @@ class Gateway:
         self.registry.on_node_change(self._on_node)
         await asyncio.to_thread(self.registry.load, store)
         self.service = AccountService(store, self.registry)
+        self.service.events = self.events
         self.usage = UsageService(self.service, settings.billing)
         await self.usage.start()
         self.counters = open_counters(settings.store.redis_url, settings.store.redis_prefix)
@@ -251,6 +286,7 @@ class Gateway:
         self.keeper = LeaseKeeper(self.limiter)
         await self.keeper.start()
         metering = self.usage.metering
+        self.stats.metered = metering.relayed
         limiter = self.limiter
 
         def gate5(package: Package) -> Awaitable[Lease]:
@@ -282,25 +318,40 @@ class Gateway:
         )
         dialer = TimedDialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
         self.node_connects = dialer.figures  # per-node connect times for the dashboard
-        self.router = Router(self.index, self.health, self.sessions)
+        self.router = Router(
+            self.index, self.health, self.sessions, bans=self.bans, memory=self.bans.memory
+        )
         self._expiry = spawn(self._expire_sessions(), "session-expiry")
         if shared:
             # A shared database: other instances write too. Re-read it (the registry's
             # `apply` notifies only real changes, so the node index follows cheaply).
             self._refresh = spawn(self._refresh_registry(store), "registry-refresh")
+        if settings.accesslog.target != "off":
+            self.accesslog = AccessLog(
+                settings.accesslog.target,
+                self.stats,
+                capacity=settings.accesslog.queue,
+                interval=settings.accesslog.flush_interval,
+            )
+            self.accesslog.start()
         ctx = ProxyContext(
             proxy=settings.proxy,
             exit=settings.exit,
             admission=admission,
-            connector=Connector(self.index, dialer, self.router),
+            connector=Connector(self.index, dialer, self.router, self.stats),
             recorder=self.recorder,
             usage=self.usage,
             stats=self.stats,
+            accesslog=self.accesslog,
+        )
+        ctx.udp = UdpService.build(
+            settings.udp, self.router, policy, settings.exit.connect_timeout, self.hub
         )
         tls = None
         if settings.proxy.tls_cert:
             tls = tls_context(settings.proxy.tls_cert, settings.proxy.tls_key)
         self.proxy = ProxyServer(ctx, tls)
+        self.stats.clients = self.proxy.clients
         proxy_bound = await self.proxy.listen(settings.proxy.listen)
         self._proxy_bound = proxy_bound
         extra = []
@@ -312,6 +363,10 @@ class Gateway:
         hub_bound = await self.hub.start() if settings.hub.listen else None
         if settings.cluster.listen and settings.store.redis_url:
             await self._join_cluster(self.hub, hub_token)
+        self.webhooks = WebhookService(
+            settings.webhooks, store, Vault(webhook_key(settings)), self.events, self.stats
+        )
+        await self.webhooks.start(self.registry, self.usage.metering, self.health)
         self.token, self.token_generated = admin_token(settings)
         if settings.dashboard.enabled:
             self._start_history()  # every worker samples its own traffic into the store
@@ -366,7 +421,56 @@ class Gateway:
             if not await sessions.end(package_id, session_id):
                 raise HTTPException(404, f"session not found: {session_id}")
 
-        return [router]
+        def node_known(node_id: str) -> bool:
+            return self.index.get(node_id) is not None
+
+        bans = bans_router(self.bans, lambda p: registry.package(p) is not None, node_known)
+        return [router, bans]
+
+    def _webhook_routers(self) -> list[APIRouter]:
+        return [] if self.webhooks is None else [webhook_routes(self.webhooks)]
+
+    def _metrics_sources(self) -> Sources:
+        hub, usage = self.hub, self.usage
+
+        def agents() -> tuple[int, int]:
+            return (len(hub.live), hub.reconnects) if hub is not None else (0, 0)
+
+        def flushed_at() -> float:
+            return usage.flushed_at if usage is not None else time.time()
+
+        store = self.sessions.store
+        return Sources(
+            stats=self.stats,
+            nodes=self.registry.nodes.values,
+            agents=agents,
+            sessions=store if isinstance(store, Sized) else None,
+            flushed_at=flushed_at,
+        )
+
+    def _reads(self) -> GatewayReads:
+        """What the catalogue and self-service routes read (issue 13): memory, no database."""
+        if self.usage is None or self.counters is None:
+            raise RuntimeError("start usage and counters before the admin API")
+        return GatewayReads(
+            registry=self.registry,
+            targeting=TargetingCounts.follow(self.registry),
+            recorder=self.recorder,
+            shared_errors=None if self.error_log is None else self.error_log.recent,
+            sessions=self.sessions,
+            counters=self.counters,
+            usage_totals=self.usage.totals,
+            usage_buckets=self.usage.buckets,
+            bans=self._package_bans,
+        )
+
+    async def _package_bans(self, package_id: str) -> list[dict[str, object]]:
+        now = time.time()
+        return [
+            {"domain": b.domain, "node_id": b.node_id, "reason": b.reason,
+             "created": b.created, "until": b.until, "left": round(b.until - now, 3)}
+            for b in await self.bans.list(package_id)
+        ]  # fmt: skip
 
     def _start_history(self) -> None:
         """The dashboard's per-minute history of `self.stats`, written to the store."""
@@ -386,7 +490,7 @@ class Gateway:
         parts = Parts(
             self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
             self.history.store, self.history, self.hub, self._proxy_bound,
-            self.proxy.ctx.node_bytes if self.proxy is not None else {},
+            {},  # per-node bytes: to wire on top of the metrics' meters (issue 11 merge)
             self.node_connects,
             self.error_log,
         )
@@ -401,9 +505,15 @@ class Gateway:
         app = create_admin_app(
             self.service,
             self.token,
-            extra_routers=self._routers() + (dashboard.api_routers() if dashboard else []),
+            extra_routers=[
+                *self._routers(),
+                *self._webhook_routers(),
+                *(dashboard.api_routers() if dashboard else []),
+            ],
+            public_routers=[metrics_router(self._metrics_sources())],
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
+            reads=self._reads(),
             max_body_bytes=self.settings.admin.max_body_bytes,
         )
         if dashboard is not None:
@@ -454,11 +564,15 @@ class Gateway:
             await self.history.close()
         if self.usage is not None:
             await self.usage.close()
+        if self.accesslog is not None:
+            await asyncio.to_thread(self.accesslog.close, grace)
         if self.counters is not None:
             await self.counters.close()
         closer = getattr(self.sessions.store, "close", None)
         if closer is not None:
             await closer()
+        if self.webhooks is not None:  # after the edges: their last events reach the outbox
+            await self.webhooks.close()
         if self._admin is not None and self._admin_task is not None:
             self._admin.should_exit = True
             with contextlib.suppress(Exception):

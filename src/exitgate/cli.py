@@ -19,7 +19,10 @@ from typing import Annotated, Any
 import typer
 
 from exitgate.admin.cli import errors_command, node_app, org_app, package_app, usage_command
+from exitgate.admin.cli_bans import ban_app
+from exitgate.admin.cli_catalog import catalog_command
 from exitgate.admin.cli_sessions import session_app
+from exitgate.admin.cli_webhooks import webhook_app
 from exitgate.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -34,8 +37,11 @@ app.add_typer(org_app, name="org")
 app.add_typer(package_app, name="package")
 app.add_typer(node_app, name="node")
 app.add_typer(session_app, name="session")
+app.add_typer(webhook_app, name="webhook")
+app.add_typer(ban_app, name="ban")
 app.command("usage")(usage_command)
 app.command("errors")(errors_command)
+app.command("catalog")(catalog_command)
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -20,6 +20,7 @@ class Protocol(enum.StrEnum):
     HTTP = "http"  # absolute-form forwarding
     HTTPS = "https"  # CONNECT tunnels
     SOCKS5 = "socks5"
+    UDP = "udp"  # SOCKS5 UDP ASSOCIATE (docs/udp.md); also needs an exit network that allows UDP
 
 
 class Network(enum.StrEnum):
@@ -136,6 +137,14 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoBan:
+    """Ban the exit for the domain when a forwarded HTTP response has one of `statuses`."""
+
+    statuses: frozenset[int]
+    ttl: int = 600  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Package:
     id: str
     org_id: str
@@ -148,6 +157,7 @@ class Package:
     networks: frozenset[Network] = ALL_NETWORKS
     rules: frozenset[str] | None = None  # allowed rule names; None: all
     auth_mode: AuthMode = AuthMode.KEY_OR_IP
+    autoban: AutoBan | None = None  # issue 13; None: no automatic bans
 
     def allows_ip(self, ip: str) -> bool:
         if not self.ip_allowlist:

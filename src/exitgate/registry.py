@@ -135,9 +135,6 @@ class Registry:
     def package(self, package_id: str) -> Package | None:
         return self._packages.get(package_id)
 
-    def packages(self) -> list[Package]:
-        return list(self._packages.values())
-
     def package_by_key(self, key: str) -> Package | None:
         digest = hash_key(key)
         package = self._by_hash.get(digest)
@@ -174,6 +171,16 @@ class Registry:
             self._by_hash.pop(old.key_hash, None)
             self._ip_index = None
         self._wrote()
+
+    @property
+    def orgs(self) -> Mapping[str, Org]:
+        """A read-only live view, id → organization (the webhook watcher walks it)."""
+        return MappingProxyType(self._orgs)
+
+    @property
+    def packages(self) -> Mapping[str, Package]:
+        """A read-only live view, id → package (the webhook watcher walks it)."""
+        return MappingProxyType(self._packages)
 
     # nodes
 

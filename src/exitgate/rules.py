@@ -97,6 +97,10 @@ _REQUESTS_MAX: Final = 1_000_000
 _RETRY_MAX: Final = 10
 _CACHE_SIZE: Final = 8192
 _CACHE_MAX_USERNAME: Final = 512  # longer usernames are parsed but not cached
+# A well-formed region/city/isp name (admin.schemas.normalise_name's output): what a
+# catalogue with `any_name` accepts, since a client has no node pool to check names against.
+NAME_RE: Final = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
+_NAME_MAX: Final = 100
 
 
 class RotateKind(enum.StrEnum):
@@ -172,11 +176,16 @@ class Rules:
 
 @dataclass(frozen=True, slots=True)
 class Catalogue:
-    """Known region, city and ISP names: every node ever registered plus configured ones."""
+    """Known region, city and ISP names: every node ever registered plus configured ones.
+
+    `any_name`: accept every well-formed name (`NAME_RE`) instead, for parsers without a
+    pool, such as `exitgate.client` (see `SYNTAX_ONLY`): the rest of the grammar is shared.
+    """
 
     regions: frozenset[str]
     cities: frozenset[str]
     isps: frozenset[str]
+    any_name: bool = False
 
     @classmethod
     def empty(cls) -> Catalogue:
@@ -190,7 +199,10 @@ class Catalogue:
         isps = self.isps | {a.isp for a in items if a.isp}
         if (regions, cities, isps) == (self.regions, self.cities, self.isps):
             return self
-        return Catalogue(regions, cities, isps)
+        return Catalogue(regions, cities, isps, self.any_name)
+
+
+SYNTAX_ONLY: Final = Catalogue(frozenset(), frozenset(), frozenset(), any_name=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,11 +317,11 @@ def _build(given: dict[str, str], catalogue: Catalogue) -> Rules:
                     raise _Reject(Code.ERR_INVALID_VALUE, value)
                 country = None if value == "any" else value
             case "region":
-                region = _known(value, catalogue.regions)
+                region = _known(value, catalogue.regions, catalogue.any_name)
             case "city":
-                city = _known(value, catalogue.cities)
+                city = _known(value, catalogue.cities, catalogue.any_name)
             case "isp":
-                isp = _known(value, catalogue.isps)
+                isp = _known(value, catalogue.isps, catalogue.any_name)
             case "asn":
                 asn = _number(value, value, _ASN_MAX)
             case "network":
@@ -338,8 +350,11 @@ def _build(given: dict[str, str], catalogue: Catalogue) -> Rules:
     )
 
 
-def _known(value: str, names: frozenset[str]) -> str:
-    if value not in names:
+def _known(value: str, names: frozenset[str], any_name: bool) -> str:
+    if any_name:
+        if len(value) > _NAME_MAX or not NAME_RE.fullmatch(value):
+            raise _Reject(Code.ERR_INVALID_VALUE, value)
+    elif value not in names:
         raise _Reject(Code.ERR_INVALID_VALUE, value)
     return value
 

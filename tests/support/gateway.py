@@ -36,6 +36,8 @@ class GatewayThread:
             "hub": {"listen": "127.0.0.1:0", "token": "test-hub-token"},
             "store": {"url": f"sqlite:///{tmp / 'exitgate.db'}"},
             "exit": {"allow_private": True, "connect_timeout": 3.0, "response_timeout": 5.0},
+            # set, so no gateway writes a webhooks.key file (a PostgreSQL one: into the cwd)
+            "webhooks": {"secret_key": "test-webhook-key"},
         }
         for name, values in sections.items():
             overrides.setdefault(name, {}).update(values)

@@ -21,6 +21,9 @@ Usage: `GET /v1/packages/{id}` carries `usage` totals from `usage_provider`;
 `GET /v1/packages/{id}/usage?since=&until=&limit=` lists hourly buckets from `usage_buckets`,
 newest first: those overlapping [since, until) (ISO 8601; no timezone means UTC), at most
 `limit` (default 1000, at most 10000). Without a provider a package has no usage (zeros, []).
+
+With `reads` (issue 13): `GET /v1/catalog` behind the token (`api_catalog`) and the package
+holders' `/v1/self/...` routes outside it, authenticated by the package key (`api_self`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from exitgate.admin.api_catalog import catalog_routes
+from exitgate.admin.api_self import GatewayReads, self_routes
 from exitgate.admin.guard import DEFAULT_MAX_BODY, AdminGuard
 from exitgate.admin.schemas import (
     Country,
@@ -86,6 +91,7 @@ def create_admin_app(
     public_routers: Sequence[APIRouter] = (),
     usage_provider: UsageProvider | None = None,
     usage_buckets: UsageBuckets | None = None,
+    reads: GatewayReads | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     """The admin app. `extra_routers` are mounted behind the token, `public_routers` not."""
@@ -130,6 +136,9 @@ def create_admin_app(
     private.include_router(_node_routes(service))
     for router in extra_routers:
         private.include_router(router)
+    if reads is not None:  # issue 13: the catalogue (admin), self-service (package key)
+        private.include_router(catalog_routes(reads.targeting))
+        app.include_router(self_routes(reads))
     app.include_router(private)
     for router in public_routers:
         app.include_router(router)
@@ -219,6 +228,7 @@ def _package_routes(
             networks=frozenset(body.networks),
             rules=None if body.rules is None else frozenset(body.rules),
             auth_mode=body.auth_mode,
+            autoban=None if body.autoban is None else body.autoban.value(),
         )
         try:
             package, key = await service.create_package(new)
@@ -257,6 +267,7 @@ def _package_routes(
             networks=UNSET if body.networks is None else frozenset(body.networks),
             rules=pick("rules", None if body.rules is None else frozenset(body.rules)),
             auth_mode=UNSET if body.auth_mode is None else body.auth_mode,
+            autoban=pick("autoban", None if body.autoban is None else body.autoban.value()),
         )
         return PackageOut.of(await service.update_package(package_id, update))
 

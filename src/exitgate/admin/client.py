@@ -178,6 +178,34 @@ class AdminClient:
         """Forget a session now; AdminError 404 when it is not live."""
         self.request("DELETE", f"/v1/sessions/{_seg(package_id)}/{_seg(session_id)}")
 
+    # bans (issue 13)
+
+    def list_bans(self, package_id: str) -> list[dict[str, Any]]:
+        """A package's live exit bans: {domain, node_id, until, expires_in, reason, ...}."""
+        found: list[dict[str, Any]] = self.request("GET", f"/v1/packages/{_seg(package_id)}/bans")
+        return found
+
+    def add_ban(self, package_id: str, domain: str, node_id: str, ttl: int) -> dict[str, Any]:
+        body = {"domain": domain, "node_id": node_id, "ttl": ttl}
+        ban: dict[str, Any] = self.request(
+            "POST", f"/v1/packages/{_seg(package_id)}/bans", json=body
+        )
+        return ban
+
+    def lift_bans(
+        self, package_id: str, domain: str | None = None, node_id: str | None = None
+    ) -> int:
+        """Lift bans (all, a domain's, or one); how many were lifted."""
+        path = f"/v1/packages/{_seg(package_id)}/bans"
+        if domain is not None:
+            path += f"/{_seg(domain)}"
+            if node_id is not None:
+                path += f"/{_seg(node_id)}"
+        elif node_id is not None:
+            raise ValueError("name the domain to lift one exit's ban")
+        answer: dict[str, int] = self.request("DELETE", path)
+        return answer["lifted"]
+
 
 def _seg(text: str) -> str:
     """An id as one path segment: `../x` or `..` must not walk to another endpoint."""

@@ -38,6 +38,7 @@ from pydantic import (
 from exitgate.geo import COUNTRY_CODES
 from exitgate.model import (
     AuthMode,
+    AutoBan,
     IPNetwork,
     Network,
     Node,
@@ -185,6 +186,18 @@ class OrgOut(BaseModel):
 # -- packages
 
 
+class AutoBanIn(_Body):
+    """Issue 13: ban the exit for the domain when a forwarded response has these statuses."""
+
+    statuses: list[Annotated[int, Field(strict=True, ge=100, le=599)]] = Field(
+        min_length=1, max_length=20
+    )
+    ttl: int = Field(default=600, strict=True, ge=1, le=604_800)
+
+    def value(self) -> AutoBan:
+        return AutoBan(frozenset(self.statuses), self.ttl)
+
+
 class PackageCreate(_Body):
     org_id: str = Field(min_length=1, max_length=40)
     name: str = Field(default="", max_length=200)
@@ -197,6 +210,7 @@ class PackageCreate(_Body):
     networks: list[Network] = Field(default_factory=lambda: list(Network))
     rules: list[RuleName] | None = None  # None: every rule
     auth_mode: AuthMode = AuthMode.KEY_OR_IP
+    autoban: AutoBanIn | None = None  # None: no automatic bans
 
     _nn = field_validator("name", "status", "ip_allowlist", "protocols", "networks", mode="before")(
         _not_null
@@ -224,6 +238,7 @@ class PackagePatch(_Body):
     networks: list[Network] | None = None
     rules: list[RuleName] | None = None
     auth_mode: AuthMode | None = None
+    autoban: AutoBanIn | None = None  # null: automatic bans off
 
     _nn = field_validator("name", "status", "ip_allowlist", "protocols", "networks", mode="before")(
         _not_null
@@ -291,6 +306,7 @@ class PackageOut(BaseModel):
     networks: list[Network]
     rules: list[str] | None  # None: every rule
     auth_mode: AuthMode
+    autoban: dict[str, Any] | None = None  # {"statuses": [...], "ttl": s}; None: off
 
     @classmethod
     def fields_of(cls, p: Package) -> dict[str, Any]:
@@ -307,6 +323,9 @@ class PackageOut(BaseModel):
             "networks": sorted(p.networks),
             "rules": None if p.rules is None else sorted(p.rules),
             "auth_mode": p.auth_mode,
+            "autoban": None
+            if p.autoban is None
+            else {"statuses": sorted(p.autoban.statuses), "ttl": p.autoban.ttl},
         }
 
     @classmethod

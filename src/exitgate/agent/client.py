@@ -36,6 +36,7 @@ from h2.settings import SettingCodes
 
 from exitgate.agent.exits import ExitFailure, ExitPolicy, open_target
 from exitgate.agent.identity import Flags, Learned, learn, merge, with_ip
+from exitgate.agent.udp import serve_udp
 from exitgate.hub.mux import Mux, MuxLimits
 from exitgate.hub.protocol import (
     MAX_HELLO,
@@ -46,6 +47,7 @@ from exitgate.hub.protocol import (
     Reply,
     encode_hello,
     failure_headers,
+    is_udp,
     ok_headers,
     parse_connect,
     parse_reply,
@@ -234,6 +236,12 @@ class Agent:
     def handle(self, link: HubLink, stream: StreamTransport, headers: Headers) -> None:
         if self.draining:
             link.refuse(stream)
+            return
+        if is_udp(headers):  # a UDP association's datagrams (agent/udp.py)
+            udp = serve_udp(link.respond, stream, headers, self.policy)
+            task = spawn(udp, f"agent-udp-{stream.stream_id}")
+            self.tunnels.add(task)
+            task.add_done_callback(self.tunnels.discard)
             return
         try:
             request = parse_connect(headers, self.config.max_connect_timeout)

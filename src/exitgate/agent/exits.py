@@ -18,8 +18,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from exitgate.admission import DestinationPolicy
-from exitgate.errors import Code, GatewayError
-from exitgate.hub.protocol import ConnectRequest, Failure
+from exitgate.errors import GatewayError
+from exitgate.hub.protocol import ConnectRequest, Failure, failure_of
 from exitgate.model import HostKind, Node, NodeAttrs, NodeKind
 from exitgate.net.conn import Conn
 from exitgate.net.dial import Dialer, NodeFailure
@@ -55,19 +55,7 @@ async def open_target(request: ConnectRequest, policy: ExitPolicy) -> Conn:
     except NodeFailure as exc:
         raise ExitFailure(Failure.BIND, exc.detail) from None
     except GatewayError as exc:
-        raise ExitFailure(_kind(exc), _reason(exc)) from None
-
-
-def _kind(exc: GatewayError) -> Failure:
-    if exc.code is Code.GATEWAY_TIMEOUT:
-        return Failure.TIMEOUT
-    if exc.code is Code.DISALLOWED:
-        return Failure.DENIED
-    if exc.proxy_status == "dns_error":
-        return Failure.DNS
-    if exc.proxy_status == "connection_refused":
-        return Failure.REFUSED
-    return Failure.UNREACHABLE
+        raise ExitFailure(failure_of(exc), _reason(exc)) from None
 
 
 def _reason(exc: GatewayError) -> str:

@@ -34,12 +34,13 @@ from typing import Final
 from h2.errors import ErrorCodes
 
 from exitgate.cluster.directory import AgentDirectory
-from exitgate.errors import Code, GatewayError
+from exitgate.errors import GatewayError
 from exitgate.hub.mux import Mux, MuxLimits
 from exitgate.hub.protocol import (
     ConnectRequest,
     Failure,
     failure_headers,
+    failure_of,
     ok_headers,
     parse_connect,
 )
@@ -347,7 +348,7 @@ class Interlink:
             link.respond(stream, failure_headers(Failure.DRAINING, exc.detail), end=True)
             return
         except GatewayError as exc:
-            link.respond(stream, failure_headers(_failure_of(exc), exc.detail), end=True)
+            link.respond(stream, failure_headers(failure_of(exc), exc.detail), end=True)
             return
         if stream.is_closing():
             far.close()
@@ -362,19 +363,6 @@ class Interlink:
         finally:
             near.close()
             far.close()
-
-
-def _failure_of(exc: GatewayError) -> Failure:
-    """The agent-protocol failure kind that `classify` on the other side maps back to `exc`."""
-    if exc.code is Code.GATEWAY_TIMEOUT:
-        return Failure.TIMEOUT
-    if exc.code is Code.DISALLOWED:
-        return Failure.DENIED
-    if exc.proxy_status == "dns_error":
-        return Failure.DNS
-    if exc.proxy_status == "connection_refused":
-        return Failure.REFUSED
-    return Failure.UNREACHABLE
 
 
 __all__ = ["Interlink"]

@@ -402,6 +402,19 @@ def classify(headers: Headers, target: Target) -> Answer:
             )
 
 
+def failure_of(exc: GatewayError) -> Failure:
+    """The failure kind to answer for a target error, which `classify` maps back to it."""
+    if exc.code is Code.GATEWAY_TIMEOUT:
+        return Failure.TIMEOUT
+    if exc.code is Code.DISALLOWED:
+        return Failure.DENIED
+    if exc.proxy_status == "dns_error":
+        return Failure.DNS
+    if exc.proxy_status == "connection_refused":
+        return Failure.REFUSED
+    return Failure.UNREACHABLE
+
+
 def _hostport(raw: bytes) -> tuple[str, int]:
     text = raw.decode("ascii", "replace")
     host, _, port = text.rpartition(":")
@@ -410,3 +423,28 @@ def _hostport(raw: bytes) -> tuple[str, int]:
         return str(ipaddress.ip_address(host)), int(port)
     except ValueError:
         return ("", 0)
+
+
+# -- UDP streams (docs/udp.md) ------------------------------------------------------------------
+
+H_STREAM: Final = b"exitgate-stream"
+UDP_AUTHORITY: Final = b"udp.exitgate.invalid:9"  # a marker: a UDP stream has no one target
+
+
+def udp_headers(allow_private: bool) -> Headers:
+    """The head of a UDP stream: CONNECT (so h2 treats it as a tunnel) marked `udp`. The
+    datagrams that follow carry their own addresses (`hub.udp_frames`)."""
+    return [
+        (b":method", b"CONNECT"),
+        (b":authority", UDP_AUTHORITY),
+        (H_STREAM, b"udp"),
+        (H_PRIVATE, b"allow" if allow_private else b"deny"),
+    ]
+
+
+def is_udp(headers: Headers) -> bool:
+    return dict(headers).get(H_STREAM) == b"udp"
+
+
+def udp_allows_private(headers: Headers) -> bool:
+    return dict(headers).get(H_PRIVATE) == b"allow"

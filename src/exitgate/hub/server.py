@@ -30,6 +30,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
 from exitgate.errors import Code, GatewayError
+from exitgate.events import AGENT_DISCONNECTED
 from exitgate.hub.mux import Mux, MuxLimits
 from exitgate.hub.nodes import AgentBook, Wanted
 from exitgate.hub.protocol import (
@@ -130,6 +131,8 @@ class Hub:
         self.limits = limits or MuxLimits()
         self.links: set[AgentLink] = set()
         self.live: dict[str, AgentLink] = {}
+        self.seen: set[str] = set()  # agent ids registered since start (for `reconnects`)
+        self.reconnects = 0  # registrations of an id registered before (/metrics)
         self.book = AgentBook(service, registry, self._wanted)
         self.address: tuple[str, int] = ("", 0)
         self.hello_timeout = HELLO_TIMEOUT
@@ -214,6 +217,9 @@ class Hub:
             self.refuse(link, HelloError(RefusalKind.BUSY, reason), hello.agent_id)
             return
         self.live[hello.agent_id] = link
+        if hello.agent_id in self.seen:
+            self.reconnects += 1
+        self.seen.add(hello.agent_id)
         if previous is not None:
             log.warning(
                 "agent %s connected again from %s; closing its silent connection from %s",
@@ -243,6 +249,9 @@ class Hub:
             if self.on_agent is not None:
                 self.on_agent(agent_id, None)
             self.book.sync(agent_id)
+            self.book.service.events.emit(
+                AGENT_DISCONNECTED, None, {"agent_id": agent_id, "ip": link.ip, "reason": reason}
+            )
 
     def _wanted(self, agent_id: str) -> Wanted | None:
         link = self.live.get(agent_id)

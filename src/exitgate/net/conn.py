@@ -46,6 +46,7 @@ class Conn(asyncio.Protocol):
         "eof",
         "on_lost",
         "peer",
+        "proxied",
         "tap",
         "transport",
     )
@@ -56,6 +57,9 @@ class Conn(asyncio.Protocol):
         self.eof = False
         self.closed = False
         self.peer: Conn | None = None
+        # the client named by a PROXY protocol header (a load balancer in front): it stands
+        # for the socket's peer everywhere (allowlists, logs, errors)
+        self.proxied: tuple[str, int] | None = None
         self.tap: Callable[[int], None] | None = None
         self.on_lost: Callable[[], None] | None = None  # called once the connection is gone
         self._on_made = on_made
@@ -235,6 +239,8 @@ class Conn(asyncio.Protocol):
 
     @property
     def peername(self) -> tuple[str, int]:
+        if self.proxied is not None:
+            return self.proxied
         if self.transport is None:
             return ("", 0)
         name = self.transport.get_extra_info("peername")

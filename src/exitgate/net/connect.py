@@ -8,10 +8,15 @@ no verdict. The `Route` holds the node's health lease until the tunnel or reques
 
 A forwarded request may reuse the client's kept target connection: when the router picks
 the node that connection goes through, no new dial is needed (`reuse`).
+
+Per-domain choice and bans (issue 13): the router gets the target's domain, so it spreads
+sessionless requests over the domain's exits and avoids banned ones; `ban_requested` applies
+an `X-Exitgate-Ban` request header and `response_status` a package's automatic bans.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +25,8 @@ from exitgate.errors import GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.dial import Dialer, NodeFailure
+from exitgate.observe.stats import LiveStats
+from exitgate.routing.domains import domain_of
 from exitgate.routing.failover import Fail, Router
 from exitgate.routing.health import Lease
 from exitgate.routing.index import NodeIndex
@@ -34,13 +41,21 @@ class Route:
     node: Node
     session: SessionOutcome | None = None  # None: the request has no session
     lease: Lease | None = None  # the node's in-flight slot, for `Connector.done`
+    # time.monotonic() when routing began and when the exit connection was ready (0.0: a kept
+    # connection, no routing); the exit IP the target sees, when known. For the access log.
+    connect_started: float = 0.0
+    connected: float = 0.0
+    exit: str | None = None
 
 
 class Connector:
-    def __init__(self, index: NodeIndex, dialer: Dialer, router: Router) -> None:
+    def __init__(
+        self, index: NodeIndex, dialer: Dialer, router: Router, stats: LiveStats | None = None
+    ) -> None:
         self.index = index
         self.dialer = dialer
         self.router = router
+        self.stats = stats if stats is not None else LiveStats()
 
     async def connect(self, admitted: Admitted, reuse: Reuse | None = None) -> Route:
         """Gates 6 (session rules) and 7 (select, dial, fail over) for one request."""
@@ -51,7 +66,14 @@ class Connector:
             raise
 
     async def _connect(self, admitted: Admitted, reuse: Reuse | None) -> Route:
-        attempt = await self.router.begin(admitted.package.id, admitted.rules, admitted.filters)
+        began = time.monotonic()
+        attempt = await self.router.begin(
+            admitted.package.id,
+            admitted.rules,
+            admitted.filters,
+            domain_of(admitted.target.host),
+            admitted.timings,
+        )
         try:
             while True:
                 step = await attempt.next()
@@ -59,6 +81,7 @@ class Connector:
                     raise step.error()
                 conn = reuse(step.node) if reuse is not None else None
                 if conn is None:
+                    dialing = time.monotonic()
                     try:
                         conn = await self.dialer.dial(step.node, admitted.target)
                     except NodeFailure as exc:
@@ -67,10 +90,39 @@ class Connector:
                     except GatewayError:
                         await attempt.target_failed()
                         raise
+                    self.stats.observe_connect(step.node.kind, time.monotonic() - dialing)
                 ok = await attempt.succeeded()
-                return Route(conn, ok.node, ok.session, ok.lease)
+                return Route(
+                    conn, ok.node, ok.session, ok.lease, began, time.monotonic(), ok.node.ip or None
+                )
         finally:
             attempt.close()
+
+    async def ban_requested(self, admitted: Admitted, value: str) -> None:
+        """An `X-Exitgate-Ban` header on a request: ban before this request is routed.
+        GatewayError ERR_INVALID_VALUE for a malformed header or an unknown exit."""
+        bans = self.router.bans
+        if bans is None:
+            return
+        try:
+            await bans.request(
+                admitted.package.id,
+                admitted.target.host,
+                value,
+                lambda node_id: self.index.get(node_id) is not None,
+            )
+        except GatewayError as exc:
+            exc.package_id = admitted.package.id
+            raise
+
+    async def response_status(self, admitted: Admitted, node: Node, status: int) -> None:
+        """A forwarded response's status: the package's automatic ban, if configured."""
+        autoban = admitted.package.autoban
+        bans = self.router.bans
+        if autoban is None or bans is None or status not in autoban.statuses:
+            return
+        domain = domain_of(admitted.target.host)
+        await bans.ban(admitted.package.id, domain, node.id, autoban.ttl, f"status {status}")
 
     def done(self, route: Route) -> None:
         """The tunnel or request is over: give the node's in-flight slot back."""

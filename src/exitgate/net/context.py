@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exitgate.admission import Admission, Admitted
 from exitgate.errors import Code, GatewayError
-from exitgate.model import Node
+from exitgate.model import Node, Protocol
 from exitgate.net.conn import Conn
-from exitgate.net.connect import Connector
-from exitgate.observe.stats import LiveStats
+from exitgate.net.connect import Connector, Route
+from exitgate.net.loglimit import LogLimiter
+from exitgate.observe.accesslog import AccessLog
+from exitgate.observe.stats import LiveStats, Tally
 from exitgate.policy.metering import Meter
 from exitgate.recorder import Recorder
 from exitgate.services import UsageService
 from exitgate.settings import ExitSettings, ProxySettings
+
+if TYPE_CHECKING:
+    from exitgate.net.udp_assoc import UdpService
 
 log = logging.getLogger("exitgate.proxy")
 _SUMMARISED = frozenset({Code.AUTH_FAILED, Code.AUTH_THROTTLED})
@@ -40,48 +47,94 @@ class ProxyContext:
     usage: UsageService
     # the listener's bookkeeping, told when a spliced tunnel (which has no task) is over
     on_tunnel_end: Callable[[Conn], None] = _nothing
-    # live figures for the dashboard (issue 11); the minimum wiring, the metrics work owns more
-    stats: LiveStats = field(default_factory=LiveStats)
-    node_bytes: dict[str, list[int]] = field(default_factory=dict)  # node id → [up, down]
+    # warnings a client or website can repeat at will: at most one line per address a minute
+    warnings: LogLimiter = field(default_factory=lambda: LogLimiter(log))
+    # SOCKS5 UDP ASSOCIATE (net/udp_assoc.py); None: answered "command not supported"
+    udp: UdpService | None = None
+    stats: LiveStats = field(default_factory=LiveStats)  # the live figures /metrics reads
+    accesslog: AccessLog | None = None  # None: `[accesslog] target = "off"`
 
-    def rejected(self, err: GatewayError, *, protocol: str, client: str, target: str = "") -> None:
-        """Every error, whatever the protocol, lands in the package's recent-errors log."""
+    def rejected(
+        self,
+        err: GatewayError,
+        *,
+        protocol: str,
+        client: str,
+        target: str = "",
+        started: float = 0.0,
+        final: bool = True,
+    ) -> None:
+        """Every error, whatever the protocol, lands in the package's recent-errors log.
+
+        `final`: the error ends the request here (counted, one access-log line); False for
+        a stop mid-relay, whose request is counted and logged once, where it ends (`served`).
+        `started`: time.monotonic() when the request arrived (0.0: unknown)."""
         self.recorder.error(err.package_id, err, protocol=protocol, client=client, target=target)
-        self.stats.outcome(protocol, str(err.code))
         if err.package_id is not None:
             self.usage.error(err.package_id, err.code)
+            self.usage.limit_reached(err)
         if err.code not in _SUMMARISED:  # those: one summary per address (auth_reports)
             log.info("%s %s %s: %s %s", protocol, client, target or "-", err.code, err.detail)
+        stats = self.stats
+        stats.refused(err)
+        if not final:
+            return
+        stats.outcome(protocol, err.code)
+        ended = time.monotonic()
+        if started:
+            stats.observe_request(protocol, ended - started)
+        if self.accesslog is not None:
+            if protocol != Protocol.SOCKS5:
+                status = err.spec.status
+            else:  # the reply byte, or RFC 1929's failure status for credential errors
+                status = 1 if err.spec.socks_auth else int(err.socks_reply)
+            self.accesslog.put(
+                (time.time(), client, err.package_id, protocol, target, None, None, None,
+                 err.code, status, 0, 0, started, 0.0, 0.0, ended)
+            )  # fmt: skip
+
+    def served(
+        self,
+        admitted: Admitted,
+        client: str,
+        route: Route,
+        meter: Meter | Tally,
+        *,
+        started: float,
+        code: str = "OK",
+        status: int = 200,
+    ) -> None:
+        """A tunnel, SOCKS5 connection or forwarded request that was relayed has ended
+        (`code`: OK, or the error that stopped it mid-relay). No formatting here: the access
+        log gets the objects, its writer thread makes the line."""
+        ended = time.monotonic()
+        protocol = admitted.protocol
+        stats = self.stats
+        stats.outcome(protocol, code)
+        if started:
+            stats.observe_request(protocol, ended - started)
+        log = self.accesslog
+        if log is None:
+            return
+        if len(log.queue) >= log.capacity:  # full: drop before building anything
+            stats.accesslog_dropped += 1
+            return
+        log.put(
+            (time.time(), client, admitted.package.id, protocol, admitted.target,
+             admitted.rules, route.node.id, route.exit, code, status, meter.up, meter.down,
+             started, route.connect_started, route.connected, ended)
+        )  # fmt: skip
 
     def meter(
         self, admitted: Admitted, node: Node, on_stop: Callable[[GatewayError], None]
-    ) -> Meter | None:
-        """The live account one relayed connection ticks (None with `[proxy] metering` off,
-        a benchmark variant: then nothing is counted and caps are not enforced)."""
+    ) -> Meter | Tally:
+        """The live account one relayed connection ticks. With `[proxy] metering` off (a
+        benchmark variant) a `Tally` only counts bytes; caps are not enforced."""
         self.usage.request(admitted.package.id)
-        stats = self.stats
-        stats.outcome(str(admitted.protocol), "OK")
         if not self.proxy.metering:
-            return None
-        meter = self.usage.metering.open(admitted.package, node.attrs.network, on_stop)
-        up, down = meter.tick_up, meter.tick_down
-        cell = self.node_bytes.setdefault(node.id, [0, 0])
-
-        def tick_up(n: int) -> None:
-            stats.bytes_up += n
-            cell[0] += n
-            up(n)
-
-        def tick_down(n: int) -> None:
-            stats.bytes_down += n
-            cell[1] += n
-            down(n)
-
-        meter.tick_up, meter.tick_down = tick_up, tick_down
-        return meter
+            return Tally(self.stats)
+        return self.usage.metering.open(admitted.package, node.attrs.network, on_stop)
 
     @staticmethod
-    def ticks(meter: Meter | None) -> tuple[Callable[[int], None], Callable[[int], None]]:
-        if meter is None:
-            return uncounted, uncounted
+    def ticks(meter: Meter | Tally) -> tuple[Callable[[int], None], Callable[[int], None]]:
         return meter.tick_up, meter.tick_down

@@ -6,24 +6,34 @@ same target through the same node, and dropped otherwise. Request body and respo
 concurrently, so `Expect: 100-continue` and early answers (413, 401) work without deadlock.
 
 An error answers with the catalogue's response. The connection stays open after an error only
-when nothing of the request is left unread (a forwarded request without a body); a CONNECT
-error, or one with a body in flight, closes it.
+when nothing of the request is left unread (a forwarded request without a body) and the client
+did not ask to close; a CONNECT error, or one with a body in flight, closes it.
+
+Malformed framing never escapes as an exception: a broken request body is a plain 400 and a
+close; a broken response (head or body) is 502 TARGET_UNREACHABLE while nothing of it reached
+the client, else both sides close. Each is one rate-limited WARNING (`ctx.warnings`).
+
+Deadlines: the first head has the handshake deadline set at accept; every later head on a
+kept-alive connection has `idle_timeout` to start and `handshake_timeout` to finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from exitgate.admission import Admitted
 from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.model import Node, Protocol, Target
+from exitgate.net.body_pump import BodyError, pump_message_body
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
 from exitgate.net.relay import start_tunnel
+from exitgate.routing.domains import BAN_HEADER
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
     MALFORMED,
@@ -49,9 +59,20 @@ RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
 
 @dataclass(slots=True)
 class _BodyProgress:
-    """Whether a request body went out whole (else the connection cannot carry another)."""
+    """Whether a request body went out whole (else the connection cannot carry another), or
+    the framing error that stopped it."""
 
     complete: bool = False
+    error: HttpError | None = None
+
+
+class _Malformed(Exception):
+    """The target's response cannot be relayed (head or body framing)."""
+
+    def __init__(self, reason: str, *, relayed: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.relayed = relayed
 
 
 @dataclass(slots=True)
@@ -69,7 +90,12 @@ def plain_response(status: int, reason: str, text: str) -> bytes:
     ).encode("ascii") + body
 
 
-async def read_request_head(conn: Conn, max_size: int) -> RequestHead:
+async def read_request_head(
+    conn: Conn, max_size: int, finish_within: float | None = None
+) -> RequestHead:
+    """The next request head. With `finish_within`, the head must be complete that many
+    seconds after its first byte (the deadline until then is the caller's: the idle timeout
+    of a kept-alive connection); a head that is there at once costs no timer change."""
     buffer = conn.buffer
     while True:
         parsed = parse_request_head(buffer, max_size)
@@ -80,6 +106,9 @@ async def read_request_head(conn: Conn, max_size: int) -> RequestHead:
         # Parse again only when a line may have ended: a head trickling in byte by byte
         # must not cost a full re-parse per byte.
         while True:
+            if finish_within is not None and buffer:
+                conn.set_deadline(finish_within)
+                finish_within = None
             seen = len(buffer)
             await conn.read_more()
             if buffer.find(b"\n", max(seen - 1, 0)) != -1 or len(buffer) > max_size:
@@ -93,44 +122,23 @@ def credentials(head: RequestHead) -> tuple[str, str] | None:
     return found
 
 
-async def pump_message_body(
-    src: Conn, dst: Conn, framer: BodyFramer, tick: Callable[[int], None], head: bytes = b""
-) -> None:
-    """Relay one message body verbatim from `src` to `dst`, as far as `framer` says; bytes
-    past the body stay in `src.buffer` for the next message. ConnectionClosed when either side
-    goes away first (for an until-close body that is its end).
-
-    `head` (already counted) goes out with the first body bytes in one write: one send
-    syscall per small response instead of two, the largest single cost of forwarding.
-    """
-    buffer = src.buffer
-    if head and (framer.done or not buffer):
-        dst.write(head)
-        head = b""
-    while not framer.done:
-        if not buffer:
-            await src.read_more()
-            continue
-        n = framer.feed(buffer)
-        if n == len(buffer):
-            chunk = bytes(buffer)
-            buffer.clear()
-        else:
-            chunk = bytes(buffer[:n])
-            src.consume(n)
-        if head:
-            chunk = head + chunk
-            head = b""
-        dst.write(chunk)
-        tick(n)
-        await dst.drain()
-
-
 def session_header(route: Route) -> bytes:
     """`X-Exitgate-Session: new|kept|rotated|replaced` for requests with a session."""
     if route.session is None:
         return b""
     return b"X-Exitgate-Session: " + route.session.value.encode() + b"\r\n"
+
+
+def exit_header(route: Route) -> bytes:
+    """`X-Exitgate-Node: <uid>`: the exit that served, for `X-Exitgate-Ban` (issue 13)."""
+    return b"X-Exitgate-Node: " + route.node.id.encode("latin-1") + b"\r\n"
+
+
+async def apply_ban(ctx: ProxyContext, head: RequestHead, admitted: Admitted) -> None:
+    """An `X-Exitgate-Ban` request header bans before the request is routed (issue 13)."""
+    raw = head.get(BAN_HEADER)
+    if raw:
+        await ctx.connector.ban_requested(admitted, raw.decode("latin-1"))
 
 
 def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
@@ -157,36 +165,43 @@ def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
 class HttpSession:
     """One client connection speaking HTTP/1.1 to the proxy."""
 
-    def __init__(self, ctx: ProxyContext, conn: Conn) -> None:
+    def __init__(self, ctx: ProxyContext, conn: Conn, client: str = "") -> None:
         self.ctx = ctx
         self.conn = conn
-        self.client = conn.peername[0]
+        self.client = client or conn.peername[0]
         self.kept: _Kept | None = None
         self.tick_up: Callable[[int], None] = uncounted
         self.tick_down: Callable[[int], None] = uncounted
         self.session_header = b""
+        self._answering = False  # a final response head went (or is going) to the client
+        self.started = 0.0  # time.monotonic() when the current request's head arrived
+        self.status = 0  # the current forwarded response's status (access log)
+        self.admitted: Admitted | None = None  # the request in `_exchange`, for auto-bans
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
 
     async def run(self) -> None:
         try:
-            first = True
+            proxy = self.ctx.proxy
+            finish_within: float | None = None  # the first head: the deadline set at accept
             while True:
-                if not first:
-                    self.conn.set_deadline(self.ctx.proxy.idle_timeout)
-                first = False
                 try:
-                    head = await read_request_head(self.conn, self.ctx.proxy.max_head_size)
+                    head = await read_request_head(self.conn, proxy.max_head_size, finish_within)
                 except HttpError as exc:
                     self.conn.write(plain_response(exc.status, exc.reason, str(exc)))
                     return
+                self.started = time.monotonic()
                 self.conn.clear_deadline()
                 if head.method == "CONNECT":
                     await self.tunnel(head)
                     return
                 if not await self.forward(head):
                     return
+                # A kept-alive connection (after any answer, an error too) waits for the next
+                # head up to the idle timeout; once it starts, it has the handshake timeout.
+                self.conn.set_deadline(proxy.idle_timeout)
+                finish_within = proxy.handshake_timeout
         except ConnectionClosed:
             return
         finally:
@@ -200,7 +215,9 @@ class HttpSession:
             self.kept = None
 
     def _fail(self, err: GatewayError, target: str, protocol: Protocol, *, close: bool) -> None:
-        self.ctx.rejected(err, protocol=protocol, client=self.client, target=target)
+        self.ctx.rejected(
+            err, protocol=protocol, client=self.client, target=target, started=self.started
+        )
         self.conn.write(http_error_response(err, close=close))
 
     # -- CONNECT ----------------------------------------------------------------------------
@@ -218,6 +235,7 @@ class HttpSession:
             self._fail(err, target.authority, Protocol.HTTPS, close=True)
             return
         try:
+            await apply_ban(ctx, head, admitted)
             route = await ctx.connector.connect(admitted)
         except BaseException as exc:
             admitted.lease.release()
@@ -229,9 +247,11 @@ class HttpSession:
         answer = (
             f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
             + session_header(route)
+            + exit_header(route)
             + b"\r\n"
         )
-        start_tunnel(ctx, admitted, self.conn, route, answer)  # owns the leases from here
+        # owns the leases from here
+        start_tunnel(ctx, admitted, self.conn, route, answer, started=self.started)
 
     # -- absolute-form forwarding -----------------------------------------------------------
     async def forward(self, head: RequestHead) -> bool:
@@ -253,10 +273,13 @@ class HttpSession:
             identity = ctx.admission.authenticate(credentials(head), self.client)
             admitted = await ctx.admission.authorize(identity, Protocol.HTTP, target)
         except GatewayError as err:
-            # a throttled address has failed too often: its kept-alive connection goes too
-            close = has_body or err.code is Code.AUTH_THROTTLED
-            self._fail(err, target.authority, Protocol.HTTP, close=close)
-            return not close
+            # a client's close is kept; a throttled address has failed too often: its
+            # kept-alive connection goes too
+            go_on = (
+                not has_body and request_keep_alive(head) and err.code is not Code.AUTH_THROTTLED
+            )
+            self._fail(err, target.authority, Protocol.HTTP, close=not go_on)
+            return go_on
         try:
             return await self._forward_admitted(head, admitted, path, body_kind, body_length)
         finally:
@@ -269,10 +292,12 @@ class HttpSession:
         target = admitted.target
         has_body = body_kind is not BodyKind.NONE
         try:
+            await apply_ban(ctx, head, admitted)
             route = await self._upstream_for(admitted)
         except GatewayError as err:
-            self._fail(err, target.authority, Protocol.HTTP, close=has_body)
-            return not has_body
+            go_on = not has_body and request_keep_alive(head)  # a client's close is kept too
+            self._fail(err, target.authority, Protocol.HTTP, close=not go_on)
+            return go_on
         try:
             return await self._exchange(
                 head, admitted, route, path=path, body_kind=body_kind, length=length
@@ -295,17 +320,27 @@ class HttpSession:
         target = admitted.target
         has_body = body_kind is not BodyKind.NONE
         upstream, node = route.conn, route.node
-        self.session_header = session_header(route)
+        self.session_header = session_header(route) + exit_header(route)
+        self.admitted = admitted
+        outcome = ""  # how the request ended; "": answered by `_fail` (counted there)
 
         def stop(err: GatewayError) -> None:
+            nonlocal outcome
+            outcome = err.code
             err.package_id = admitted.package.id
-            ctx.rejected(err, protocol=Protocol.HTTP, client=self.client, target=target.authority)
+            ctx.rejected(
+                err, protocol=Protocol.HTTP, client=self.client, target=target.authority,
+                final=False,
+            )  # fmt: skip
             self.conn.abort()
             upstream.abort()
 
         meter = ctx.meter(admitted, node, stop)
         self.tick_up, self.tick_down = ctx.ticks(meter)
+        self._answering = False
         body = _BodyProgress()
+        ctx.stats.tunnels_active += 1
+        self.status = 0
         try:
             out_head = forward_request_head(head, target, path)
             upstream.write(out_head)
@@ -323,16 +358,38 @@ class HttpSession:
                         pump.cancel()  # an early answer: the rest of the body is not wanted
                     with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                         await pump
+            # a request body that broke after the response: the client is told below
+            outcome = outcome or ("ABORTED" if body.error is not None else "OK")
+        except _Malformed as bad:
+            outcome = outcome or Code.TARGET_UNREACHABLE  # recorded by `_malformed`
+            self._drop_kept()
+            self._malformed(bad, admitted)
+            return False
         except GatewayError as err:
             self._drop_kept()
+            if body.error is not None:  # the target went because the request body broke
+                outcome = outcome or "ABORTED"
+                self._body_failed(body.error)
+                return False
             self._fail(err, target.authority, Protocol.HTTP, close=True)
             return False
         except ConnectionClosed:
+            outcome = outcome or "ABORTED"  # client or target left before the response ended
             self._drop_kept()
+            if body.error is not None:
+                self._body_failed(body.error)
             return False
         finally:
-            if meter is not None:
-                meter.close()
+            ctx.stats.tunnels_active -= 1
+            meter.close()
+            if outcome:
+                ctx.served(
+                    admitted, self.client, route, meter,
+                    started=self.started, code=outcome, status=self.status,
+                )  # fmt: skip
+        if body.error is not None:
+            self._body_failed(body.error)
+            return False
         if not reusable or (has_body and not body.complete):
             # unread body bytes would be taken for the next request: close instead
             self._drop_kept()
@@ -353,6 +410,7 @@ class HttpSession:
             self._drop_kept()
         elif (
             admitted.rules.session is None
+            and self.ctx.connector.router.memory is None  # spreading: the router chooses
             and usable.node.id in self.ctx.connector.index
             and self.ctx.connector.index.matches(usable.node, admitted.filters)
         ):
@@ -375,7 +433,44 @@ class HttpSession:
             await pump_message_body(self.conn, upstream, BodyFramer(kind, length), self.tick_up)
         except ConnectionClosed:
             return  # the client is gone: `on_lost` aborts the target side
+        except BodyError as exc:
+            # The target has a part of a body that will never end: drop it, which stops the
+            # response wait; `_exchange` then answers 400 (or closes, if answering already).
+            progress.error = exc.error
+            upstream.abort()
+            return
         progress.complete = True
+
+    def _body_failed(self, error: HttpError) -> None:
+        """A malformed request body: one (rate-limited) warning; 400 (the caller then closes)
+        unless the response already started: then the client connection is reset."""
+        self.ctx.warnings.warning("malformed request body", self.client, error.reason)
+        if self._answering:
+            self.conn.abort()  # a response is half out: do not let it look complete
+        else:
+            text = f"Malformed request body: {error.reason}"
+            self.conn.write(plain_response(error.status, error.phrase, text))
+
+    def _malformed(self, bad: _Malformed, admitted: Admitted) -> None:
+        """A target sent what cannot be relayed: 502 TARGET_UNREACHABLE while nothing went to
+        the client, else both sides close. One warning line (rate-limited per address)."""
+        target = admitted.target.authority
+        err = GatewayError(
+            Code.TARGET_UNREACHABLE,
+            f"{target} sent a malformed response: {bad.reason}",
+            proxy_status="http_protocol_error",
+        )
+        err.package_id = admitted.package.id
+        self.ctx.warnings.warning("malformed response", self.client, f"{target}: {bad.reason}")
+        # recorded for the package like any error, but without `rejected`'s INFO line
+        self.ctx.recorder.error(
+            err.package_id, err, protocol=Protocol.HTTP, client=self.client, target=target
+        )
+        self.ctx.usage.error(admitted.package.id, err.code)
+        if bad.relayed:
+            self.conn.close()
+        else:
+            self.conn.write(http_error_response(err, close=True))
 
     async def _relay_response(
         self, upstream: Conn, request: RequestHead, node: Node, target: Target
@@ -389,6 +484,7 @@ class HttpSession:
                         continue
                     response, used = parsed
                     upstream.consume(used)
+                    self.status = response.status
                     if 100 <= response.status < 200 and response.status != 101:
                         interim = forward_response_head(
                             response, close=False, client_version=request.version
@@ -408,12 +504,13 @@ class HttpSession:
                 proxy_status="http_response_incomplete",
             ) from None
         except HttpError as exc:
-            raise GatewayError(
-                Code.TARGET_UNREACHABLE,
-                f"{target.authority} sent an invalid response: {exc.reason}",
-                proxy_status="http_protocol_error",
-            ) from None
-        kind, length = response_body(response, request.method)
+            raise _Malformed(exc.reason, relayed=False) from None
+        if self.admitted is not None:
+            await self.ctx.connector.response_status(self.admitted, node, response.status)
+        try:
+            kind, length = response_body(response, request.method)
+        except HttpError as exc:
+            raise _Malformed(exc.reason, relayed=False) from None
         reusable = (
             kind is not BodyKind.UNTIL_CLOSE
             and response_keep_alive(response)
@@ -424,7 +521,7 @@ class HttpSession:
         )
         if self.session_header:
             out_head = out_head[:-2] + self.session_header + b"\r\n"
-        self.tick_down(len(out_head))
+        self._answering = True
         await self._pump_response_body(upstream, kind, length, out_head)
         return reusable
 
@@ -434,6 +531,8 @@ class HttpSession:
         framer = BodyFramer(kind, length)
         try:
             await pump_message_body(upstream, self.conn, framer, self.tick_down, head)
+        except BodyError as exc:
+            raise _Malformed(exc.error.reason, relayed=exc.relayed) from None
         except ConnectionClosed:
             if kind is not BodyKind.UNTIL_CLOSE or not upstream.eof:
                 raise

@@ -26,26 +26,47 @@ log = logging.getLogger("exitgate.relay")
 
 
 def start_tunnel(
-    ctx: ProxyContext, admitted: Admitted, client: Conn, route: Route, answer: bytes
+    ctx: ProxyContext,
+    admitted: Admitted,
+    client: Conn,
+    route: Route,
+    answer: bytes,
+    *,
+    started: float = 0.0,
+    status: int = 200,
 ) -> None:
+    """`started`: time.monotonic() when the request arrived; `status`: what the client was
+    answered (200, or SOCKS5 reply 0), both for the tunnel's access-log line."""
     upstream = route.conn
     client_ip = client.peername[0]
+    outcome = "OK"
 
     def stop(err: GatewayError) -> None:
+        nonlocal outcome
+        outcome = err.code
         err.package_id = admitted.package.id
         ctx.rejected(
-            err, protocol=admitted.protocol, client=client_ip, target=admitted.target.authority
+            err,
+            protocol=admitted.protocol,
+            client=client_ip,
+            target=admitted.target.authority,
+            final=False,  # counted and logged once, when the tunnel ends
         )
         client.abort()
         upstream.abort()
 
     meter = ctx.meter(admitted, route.node, stop)
+    stats = ctx.stats
+    stats.tunnels_active += 1
 
     def finished() -> None:
+        stats.tunnels_active -= 1
         try:
             ctx.connector.done(route)
-            if meter is not None:
-                meter.close()
+            meter.close()
+            ctx.served(
+                admitted, client_ip, route, meter, started=started, code=outcome, status=status
+            )
         except Exception:
             log.exception("tunnel clean-up failed")
         finally:
@@ -53,7 +74,6 @@ def start_tunnel(
             ctx.on_tunnel_end(client)
 
     client.write(answer)
-    if meter is not None:
-        client.tap = meter.tick_up
-        upstream.tap = meter.tick_down
+    client.tap = meter.tick_up
+    upstream.tap = meter.tick_down
     splice(client, upstream, finished)

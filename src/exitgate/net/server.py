@@ -14,23 +14,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
 from typing import Literal
 
+from exitgate.errors import Code, GatewayError, http_error_response
+from exitgate.net.caps import start_caps
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.context import ProxyContext
 from exitgate.net.http_handler import HttpSession
 from exitgate.net.socks_handler import SocksSession
 from exitgate.settings import split_hostport
 from exitgate.tasks import spawn
+from exitgate.wire import proxy_protocol
 
 log = logging.getLogger("exitgate.server")
 
 Mode = Literal["auto", "http", "socks5"]
 SOCKS_VERSION = 0x05
 TLS_HANDSHAKE = 0x16
+SOCKS_NO_ACCEPTABLE_METHOD = b"\x05\xff"
+# A refused connection is answered at its first bytes and then held only this long (at most)
+# for the client to read the answer and close: a flood over the cap cannot park descriptors
+# for the whole handshake timeout.
+REFUSED_LINGER = 2.0
+
+
+class Balancers:
+    """The load balancers allowed to speak the PROXY protocol (`[proxy] proxy_protocol_from`)."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusted(self, address: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -45,9 +73,17 @@ class ProxyServer:
         self.tls = tls
         self.servers: list[asyncio.Server] = []
         self.listeners: list[socket.socket] = []
-        self.clients: set[Conn] = set()
+        self.clients: dict[Conn, str] = {}  # open client connections → their address
         self.tasks: set[asyncio.Task[None]] = set()
-        ctx.on_tunnel_end = self.clients.discard
+        self.caps = start_caps(ctx.proxy.max_connections, ctx.proxy.max_connections_per_ip)
+        self.balancers = Balancers(ctx.proxy.proxy_protocol_from)
+        ctx.on_tunnel_end = self._ended
+
+    def _ended(self, conn: Conn) -> None:
+        """A client connection is over (once per connection: `clients.pop` is the guard)."""
+        address = self.clients.pop(conn, None)
+        if address is not None:
+            self.caps.release(address)
 
     async def listen(self, address: str, mode: Mode = "auto") -> tuple[str, int]:
         host, port = split_hostport(address)
@@ -74,7 +110,18 @@ class ProxyServer:
         task.add_done_callback(self.tasks.discard)
 
     async def _handle(self, conn: Conn, mode: Mode, *, sniff: bool = True) -> None:
-        self.clients.add(conn)
+        address = conn.peername[0]
+        if self.balancers:
+            named = await self._proxy_protocol(conn, address)
+            if named is None:
+                conn.close()
+                return
+            address = named
+        refused = self.caps.admit(address)
+        if refused is not None:
+            await self._refuse(conn, mode, sniff, address, refused)
+            return
+        self.clients[conn] = address
         # The handshake deadline runs from accept; each session clears it when its
         # negotiation is done (and sets its own for later phases).
         conn.set_deadline(self.ctx.proxy.handshake_timeout)
@@ -84,15 +131,75 @@ class ProxyServer:
             if mode == "socks5" or (sniff and mode == "auto" and conn.buffer[0] == SOCKS_VERSION):
                 await SocksSession(self.ctx, conn).run()
             else:
-                await HttpSession(self.ctx, conn).run()
+                await HttpSession(self.ctx, conn, address).run()
         except (ConnectionClosed, TimeoutError, ssl.SSLError, ConnectionError):
             pass
         except Exception:
             log.exception("connection handler failed")
         finally:
             if not conn.spliced:  # a spliced tunnel leaves through `ctx.on_tunnel_end`
-                self.clients.discard(conn)
+                self._ended(conn)
                 conn.close()
+
+    async def _proxy_protocol(self, conn: Conn, peer: str) -> str | None:
+        """With `[proxy] proxy_protocol_from` set: from a listed balancer, read its PROXY header
+        and make the client it names this connection's address; from anyone else, refuse a
+        connection that starts with one (nobody else may claim an address). None: closed."""
+        conn.set_deadline(self.ctx.proxy.handshake_timeout)
+        try:
+            if not self.balancers.trusted(peer):
+                if not conn.buffer:
+                    await conn.read_more()
+                if proxy_protocol.looks_like_header(bytes(conn.buffer[:12])):
+                    self.ctx.warnings.warning(
+                        "PROXY header from an address not in proxy_protocol_from", peer, ""
+                    )
+                    return None
+                return peer
+            while (header := proxy_protocol.parse(bytes(conn.buffer))) is None:
+                await conn.read_more()
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.ctx.warnings.warning("bad PROXY header", peer, str(exc))
+            return None
+        except (ConnectionClosed, TimeoutError, ConnectionError):
+            return None
+        del conn.buffer[: header.consumed]
+        if header.source is None:  # LOCAL / UNKNOWN: the balancer's own health check
+            return peer
+        conn.proxied = header.source
+        return header.source[0]
+
+    async def _refuse(self, conn: Conn, mode: Mode, sniff: bool, address: str, cap: str) -> None:
+        """Over a connection cap: answer at the first bytes, then close. HTTP gets
+        `503 TOO_MANY_CONNECTIONS`, SOCKS5 method selection 0xFF (no credentials are read).
+        The answer goes out with a FIN and the connection lingers (briefly) until the client
+        closes, so the client reads the answer instead of a reset."""
+        caps = self.caps
+        if cap == "address":
+            detail = f"Too many open connections from this address (cap {caps.per_address})"
+        else:
+            detail = f"The gateway is at its connection limit ({caps.limit})"
+        self.ctx.warnings.warning("connection over the cap", address, detail)
+        conn.set_deadline(min(self.ctx.proxy.handshake_timeout, REFUSED_LINGER))
+        try:
+            buffer = conn.buffer
+            if sniff and mode == "auto" and not buffer:
+                await conn.read_more()
+            if mode == "socks5" or (sniff and mode == "auto" and buffer[0] == SOCKS_VERSION):
+                conn.write(SOCKS_NO_ACCEPTABLE_METHOD)
+            else:
+                conn.write(http_error_response(GatewayError(Code.TOO_MANY_CONNECTIONS, detail)))
+            transport = conn.transport
+            if transport is None or not transport.can_write_eof():
+                return
+            transport.write_eof()
+            while True:  # discard what the client still sends until it closes
+                buffer.clear()
+                await conn.read_more()
+        except (ConnectionClosed, TimeoutError, ssl.SSLError, ConnectionError):
+            pass
+        finally:
+            conn.close()
 
     # -- TLS-capable listener: accept, peek, then wrap or not -------------------------------
     async def _listen_peeking(self, host: str, port: int, mode: Mode) -> tuple[str, int]:
@@ -116,8 +223,9 @@ class ProxyServer:
             except OSError as exc:
                 if listener.fileno() == -1:
                     return
-                log.warning("accept failed: %s", exc.strerror)
-                await asyncio.sleep(0.05)
+                # out of descriptors, usually: the backlog waits until some are free again
+                self.ctx.warnings.warning("accept failed", "listener", str(exc.strerror))
+                await asyncio.sleep(0.1)
                 continue
             self._track(spawn(self._handle_raw(sock, mode), "proxy-client"))
 

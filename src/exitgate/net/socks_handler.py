@@ -9,12 +9,15 @@ deadline set at accept; the dial has its own (connect) timeout.
 
 from __future__ import annotations
 
+import time
+
 from exitgate.admission import Identity
 from exitgate.errors import Code, GatewayError, SocksReply
 from exitgate.model import Protocol, Target
 from exitgate.net.conn import Conn
 from exitgate.net.context import ProxyContext
 from exitgate.net.relay import start_tunnel
+from exitgate.net.udp_assoc import associate
 from exitgate.wire.socks5 import (
     NEED_DATA,
     Credentials,
@@ -28,6 +31,7 @@ METHOD_NO_AUTH = 0x00
 METHOD_USERPASS = 0x02
 METHOD_NONE = 0xFF
 CMD_CONNECT = 0x01
+CMD_UDP_ASSOCIATE = 0x03
 
 
 class SocksSession:
@@ -36,6 +40,8 @@ class SocksSession:
         self.conn = conn
         self.client = conn.peername[0]
         self.core = Socks5Server()
+        self.udp = False  # the request is a UDP ASSOCIATE (net/udp_assoc.py)
+        self.started = 0.0  # time.monotonic() when the CONNECT request arrived
 
     async def _next(self) -> Greeting | Credentials | Request:
         buffer = self.conn.buffer
@@ -70,8 +76,10 @@ class SocksSession:
             else:
                 request = event
         if request.command != CMD_CONNECT:
-            self.conn.write(self.core.reply(SocksReply.COMMAND_NOT_SUPPORTED))
-            return None
+            if request.command != CMD_UDP_ASSOCIATE or self.ctx.udp is None:
+                self.conn.write(self.core.reply(SocksReply.COMMAND_NOT_SUPPORTED))
+                return None
+            self.udp = True
         if identity is None:
             # "no authentication" chosen: the allowlist names the package (gates 1-2 now).
             try:
@@ -99,7 +107,11 @@ class SocksSession:
     def _refuse(self, err: GatewayError, target: Target) -> None:
         self.conn.write(self.core.reply(err.socks_reply))
         self.ctx.rejected(
-            err, protocol=Protocol.SOCKS5, client=self.client, target=target.authority
+            err,
+            protocol=Protocol.SOCKS5,
+            client=self.client,
+            target=target.authority,
+            started=self.started,
         )
 
     async def run(self) -> None:
@@ -113,6 +125,10 @@ class SocksSession:
         if negotiated is None:
             return
         identity, target = negotiated
+        self.started = time.monotonic()
+        if self.udp:
+            await associate(ctx, self.conn, self.core, identity, target)
+            return
         try:
             admitted = await ctx.admission.authorize(identity, Protocol.SOCKS5, target)
         except GatewayError as err:
@@ -131,4 +147,8 @@ class SocksSession:
         early = self.core.trailing_data()
         if early:
             self.conn.buffer[:0] = early
-        start_tunnel(ctx, admitted, self.conn, route, answer)  # owns the leases from here
+        # owns the leases from here
+        start_tunnel(
+            ctx, admitted, self.conn, route, answer,
+            started=self.started, status=SocksReply.SUCCEEDED,
+        )  # fmt: skip

@@ -138,16 +138,35 @@ class PackageAccount:
 
 class Meter:
     """What the edge holds for one relayed connection: the tick functions for its two
-    transports and its registration for a stop. `close()` (or `with`) unregisters; safe twice."""
+    transports and its registration for a stop. `close()` (or `with`) unregisters; safe twice.
 
-    __slots__ = ("account", "net", "on_stop", "tick_down", "tick_up")
+    The ticks inline `NetworkAccount.tick_*` and also count the connection's own bytes
+    (`up`, `down`, for its access-log line): still one call per chunk."""
+
+    __slots__ = ("account", "down", "net", "on_stop", "up")
 
     def __init__(self, net: NetworkAccount, on_stop: StopCallback | None) -> None:
         self.account = net.package
         self.net = net
-        self.tick_up: Callable[[int], None] = net.tick_up
-        self.tick_down: Callable[[int], None] = net.tick_down
         self.on_stop = on_stop
+        self.up = 0  # this connection's bytes, client → target
+        self.down = 0
+
+    def tick_up(self, n: int) -> None:
+        self.up += n
+        self.net.bytes_up += n
+        p = self.account
+        p.used += n
+        if p.used >= p.check_at:
+            p.metering.settle(p)
+
+    def tick_down(self, n: int) -> None:
+        self.down += n
+        self.net.bytes_down += n
+        p = self.account
+        p.used += n
+        if p.used >= p.check_at:
+            p.metering.settle(p)
 
     def close(self) -> None:
         self.account.watchers.discard(self)
@@ -259,6 +278,16 @@ class Metering:
     def unflushed(self, package_id: str) -> tuple[int, int]:
         acct = self._packages.get(package_id)
         return acct.unflushed if acct is not None else (0, 0)
+
+    def relayed(self) -> tuple[int, int]:
+        """(up, down) bytes ticked since this process started, every account: the live
+        byte totals of `/metrics`, summed at read time so a tick pays nothing for them."""
+        up = down = 0
+        for acct in self._packages.values():
+            for net in acct.nets.values():
+                up += net.bytes_up
+                down += net.bytes_down
+        return up, down
 
     def price(self, network: Network) -> float:
         return self.prices[network]

@@ -42,6 +42,15 @@ a `finally`: it gives back a lease still held (a cancelled dial) and drops a pro
 session this request claimed but never used. `begin`, `next`, `succeeded` and
 `target_failed` are coroutines because the session store's operations are; `failed` and
 `close` are synchronous, so `except` and `finally` blocks never await.
+
+Per-domain choice (issue 13, routing/domains.py): `begin` may name the request's target
+domain. Exits banned for (package, domain) are then excluded wherever a node is chosen
+(selection, rotation, replacement) and refused for `TrySame` ("Node is banned for ..."); a
+session whose node is banned moves at once, like a due rotation (a `bind-node` session has
+nowhere to go: BOUND_NODE_FAILED). Without a session, selection spreads the domain over the
+matching exits, least recently used for it first (`Router.select`, `spread`), and every
+success is remembered for the domain. A session within its bindttl (`Plan.held`) is bound
+like `bind-node` with at least one retry.
 """
 
 from __future__ import annotations
@@ -54,13 +63,15 @@ from dataclasses import dataclass, replace
 
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Node, NodeState
+from exitgate.routing.domains import BanTable, DomainMemory, select_spread
 from exitgate.routing.health import Lease, NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.lookalike import lookalike_filters
 from exitgate.routing.select import Filters, matches
 from exitgate.routing.sessions import Plan, SessionOutcome, SessionTable
 from exitgate.rules import OnErrorMode, Rules
-from exitgate.store.sessions import SessionKey
+from exitgate.store.bans import NO_BANS
+from exitgate.store.sessions import NO_TIMINGS, SessionKey, SessionTimings
 
 MAX_REPLACEMENTS = 3
 
@@ -106,13 +117,16 @@ class Attempts:
         bound: bool = False,
         filters: Filters | None = None,
         max_replacements: int = MAX_REPLACEMENTS,
+        held: bool = False,
     ) -> None:
         mode = rules.onerror.mode
-        if bound and rules.bind_node and start is not None:
+        if bound and (rules.bind_node or held) and start is not None:
             self.policy = Policy.BIND
         else:
             self.policy = Policy(mode.value)
         self.retries = rules.onerror.retries if mode is OnErrorMode.RETRY else 0
+        if held and not rules.bind_node:
+            self.retries = max(self.retries, 1)  # bindttl: "errors keep the node / retry"
         self._lookalike = rules.prefer_lookalike
         self._filters = (filters or Filters()).describe()
         self._max_replacements = max_replacements
@@ -237,23 +251,42 @@ class Router:
         *,
         max_replacements: int = MAX_REPLACEMENTS,
         rng: random.Random | None = None,
+        bans: BanTable | None = None,
+        memory: DomainMemory | None = None,
     ) -> None:
         self.index = index
         self.health = health
         self.sessions = sessions
         self.max_replacements = max_replacements
         self.rng = rng
+        self.bans = bans
+        self.memory = memory
 
-    async def begin(self, package_id: str, rules: Rules, filters: Filters) -> Attempt:
+    async def begin(
+        self,
+        package_id: str,
+        rules: Rules,
+        filters: Filters,
+        domain: str | None = None,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> Attempt:
         """Plan the request: gate 6 (raises GatewayError SESSION_PARAMS_MISMATCH, writing
-        nothing), then a due rotation, which moves the session."""
-        plan = await self.sessions.plan(package_id, rules)
+        nothing), then a due rotation or a ban of the session's node, which moves it."""
+        plan = await self.sessions.plan(package_id, rules, timings)
         if plan is not None and plan.degraded:
             chosen = self.rendezvous(plan.key, filters)
             plan = replace(plan, node_id=chosen.id if chosen is not None else None)
-        attempt = Attempt(self, rules, filters, plan)
-        if plan is not None and plan.node_id is not None and plan.rotate:
-            await attempt.rotate(rules, plan, plan.node_id)
+        banned = NO_BANS
+        if domain is not None and self.bans is not None:
+            banned = await self.bans.banned(package_id, domain)
+        attempt = Attempt(
+            self, rules, filters, plan, package_id=package_id, domain=domain, banned=banned
+        )
+        if plan is not None and plan.node_id is not None:
+            # a banned node moves the session like a due rotation (bind-node cannot move)
+            moved = plan.node_id in banned and not (rules.bind_node and not plan.new)
+            if moved or plan.rotate:
+                await attempt.rotate(rules, plan, plan.node_id)
         return attempt
 
     def rendezvous(self, key: SessionKey, filters: Filters) -> Node | None:
@@ -273,8 +306,18 @@ class Router:
                 best, best_score = node, score
         return best
 
-    def select(self, filters: Filters, exclude: Collection[str], like: str | None) -> Node | None:
-        """A node for `filters` outside `exclude` and the cooling nodes; lookalike tiers first."""
+    def select(
+        self,
+        filters: Filters,
+        exclude: Collection[str],
+        like: str | None,
+        spread: Collection[str] = (),
+    ) -> Node | None:
+        """A node for `filters` outside `exclude` and the cooling nodes; lookalike tiers first.
+
+        `spread`: exits that served the request's domain, least recent first. An exit outside
+        it wins; failing that, the least recent selectable one of it.
+        """
         blocked = self.health.blocked()
         skip: Collection[str]
         if not exclude:
@@ -288,7 +331,9 @@ class Router:
         if reference is not None:
             tiers = lookalike_filters(filters, reference.attrs)
         for tier in tiers:
-            node = self.index.select(tier, exclude=skip, load=self.health.load, rng=self.rng)
+            node = select_spread(
+                self.index, tier, skip, spread, load=self.health.load, rng=self.rng
+            )
             if node is not None:
                 return node
         return None
@@ -301,10 +346,30 @@ class Attempt:
     node then becomes this request's probe and no racing request picks it meanwhile.
     """
 
-    def __init__(self, router: Router, rules: Rules, filters: Filters, plan: Plan | None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        rules: Rules,
+        filters: Filters,
+        plan: Plan | None,
+        *,
+        package_id: str = "",
+        domain: str | None = None,
+        banned: frozenset[str] = NO_BANS,
+    ) -> None:
         self._router = router
         self._filters = filters
         self._plan = plan
+        self._package_id = package_id
+        self._domain = domain
+        self._banned = banned
+        # spreading over the domain's exits: sessionless requests only
+        memory = router.memory
+        self._spread: Collection[str] = (
+            memory.recent(package_id, domain)
+            if plan is None and memory is not None and domain is not None
+            else ()
+        )
         # the node the session points at, as far as this request knows
         self._at: str | None = plan.node_id if plan is not None else None
         self._owned: str | None = None  # a node we pointed a (maybe provisional) record at
@@ -318,7 +383,7 @@ class Attempt:
     async def rotate(self, rules: Rules, plan: Plan, current: str) -> None:
         """Begin on another node than `current` if one is available (called by `begin`)."""
         like = current if rules.prefer_lookalike else None
-        candidate = self._router.select(self._filters, (current,), like)
+        candidate = self._router.select(self._filters, self._banned | {current}, like)
         if candidate is None:
             return  # the only node: keep it, the rotation stays due
         self._hold(candidate)
@@ -340,6 +405,8 @@ class Attempt:
             match action:
                 case Fail():
                     self._drop_held()
+                    if action.code is Code.NODE_NOT_FOUND and self._banned:
+                        return Fail(action.code, f"{action.detail} not banned for {self._domain}")
                     return action
                 case TrySame(node_id=node_id):
                     node = self._router.index.get(node_id)
@@ -354,10 +421,12 @@ class Attempt:
                         # a rotation moves to a different node whenever one is online: its
                         # replacement avoids the node it left, unless nothing else is there
                         candidate = self._router.select(
-                            self._filters, exclude | {self._left}, like
+                            self._filters, exclude | self._banned | {self._left}, like
                         )
                     if candidate is None:
-                        candidate = self._router.select(self._filters, exclude, like)
+                        candidate = self._router.select(
+                            self._filters, exclude | self._banned, like, self._spread
+                        )
                     if candidate is None:
                         attempts.no_candidate(cooling=self._cooling(exclude))
                         continue
@@ -386,6 +455,7 @@ class Attempt:
         node, lease = self._take()
         self._router.health.record_success(node.id)
         self._done = True
+        self._served(node.id)
         plan = self._plan
         if plan is None:
             return Success(node, lease, None)
@@ -409,6 +479,7 @@ class Attempt:
         node, lease = self._take()
         self._router.health.release(lease)
         self._done = True
+        self._served(node.id)
         if self._plan is not None:
             await self._router.sessions.commit(self._plan, node.id)
 
@@ -426,13 +497,21 @@ class Attempt:
     # -- internals ----------------------------------------------------------------------------
 
     def _policy(self, rules: Rules, start: str | None) -> Attempts:
+        plan = self._plan
         return Attempts(
             rules,
             start,
-            bound=self._plan is not None and not self._plan.new,
+            bound=plan is not None and not plan.new,
             filters=self._filters,
             max_replacements=self._router.max_replacements,
+            # bindttl holds the node it was planned with, not a rotation's new one
+            held=plan is not None and plan.held and start == plan.node_id,
         )
+
+    def _served(self, node_id: str) -> None:
+        memory = self._router.memory
+        if memory is not None and self._domain is not None:
+            memory.served(self._package_id, self._domain, node_id)
 
     async def _point(self, candidate: Node, tried: frozenset[str]) -> Node:
         """Point the session at `candidate`; the node to dial (a racing request's, maybe)."""
@@ -459,7 +538,8 @@ class Attempt:
         if not self._router.health.blocked():
             return False
         index = self._router.index
-        return index.select(self._filters, exclude=exclude, rng=self._router.rng) is not None
+        skip = exclude | self._banned
+        return index.select(self._filters, exclude=skip, rng=self._router.rng) is not None
 
     def _unusable(self, node_id: str, node: Node | None) -> str | None:
         """Why a node cannot take this request now, without dialing it."""
@@ -469,6 +549,8 @@ class Attempt:
             return "Node is offline"
         if not matches(node.attrs, self._filters):
             return "Node no longer matches the session's rules"
+        if node_id in self._banned:
+            return f"Node is banned for {self._domain}"
         held = self._held is not None and self._held[0].id == node_id
         # A node we hold a lease on may be blocked by that very lease (we are its probe).
         if not held and not self._router.health.available(node_id):

@@ -33,6 +33,13 @@ Idle expiry counts from `last_used`, the last request that reached a node: a ses
 while `now < last_used + idle_timeout`. Open tunnels are never touched: the table decides the
 node of new requests only.
 
+Per-session timings (SOAX legacy usernames, issue 13) ride on the plan and are written with
+the record when a request creates it (`claim`, or `commit` of a record that vanished):
+`idle` and `lifetime` are expiry (the store applies them), `hold` is policy: while the record
+is `held` (within `hold` seconds of its node taking over) a failing node is retried and
+kept, never replaced (`Plan.held`, applied by routing/failover.py). Later requests with other
+timings do not change a live session's timings (they are not part of its locked rules).
+
 Decisions: a racing first request with other rules gets 409 against the provisional claim
 (one of them must lose; if the first then fails, the id is free again). `rotate-requests_N`
 counts requests that reached the node, at commit; requests already under way when the Nth
@@ -48,7 +55,14 @@ from dataclasses import dataclass
 
 from exitgate.errors import Code, GatewayError
 from exitgate.rules import RotateKind, Rules
-from exitgate.store.sessions import SessionKey, SessionRecord, SessionStore, SessionStoreDown
+from exitgate.store.sessions import (
+    NO_TIMINGS,
+    SessionKey,
+    SessionRecord,
+    SessionStore,
+    SessionStoreDown,
+    SessionTimings,
+)
 
 Clock = Callable[[], float]
 
@@ -69,6 +83,8 @@ class Plan:
     node_id: str | None  # the session's node; None: no live record, select one
     new: bool  # no session yet: absent, or provisional (a first request is dialing)
     rotate: bool  # a rotation is due: prefer another node
+    timings: SessionTimings = NO_TIMINGS  # for a record this request creates
+    held: bool = False  # within the session's bindttl: keep its node through failures
     # the shared store is down: the router picks the node by rendezvous hashing over the
     # matching pool (the same answer on every instance) and nothing is written
     degraded: bool = False
@@ -96,7 +112,9 @@ class SessionTable:
         if rules.session is not None:
             await self.plan(package_id, rules)
 
-    async def plan(self, package_id: str, rules: Rules) -> Plan | None:
+    async def plan(
+        self, package_id: str, rules: Rules, timings: SessionTimings = NO_TIMINGS
+    ) -> Plan | None:
         """Where this request goes; None without a session rule. Writes nothing."""
         if rules.session is None:
             return None
@@ -108,7 +126,7 @@ class SessionTable:
         except SessionStoreDown:
             return Plan(key, canonical, None, new=False, rotate=False, degraded=True)
         if record is None:
-            return Plan(key, canonical, None, new=True, rotate=False)
+            return Plan(key, canonical, None, new=True, rotate=False, timings=timings)
         _check_rules(record, canonical)
         return Plan(
             key,
@@ -116,6 +134,8 @@ class SessionTable:
             record.node_id,
             new=record.provisional,
             rotate=rotation_due(record, rules, now),
+            timings=timings,
+            held=record.held(now),
         )
 
     async def claim(self, plan: Plan, node_id: str) -> str:
@@ -126,7 +146,9 @@ class SessionTable:
         if plan.degraded:
             return node_id
         try:
-            record = await self.store.claim(plan.key, plan.rules, node_id, self.clock())
+            record = await self.store.claim(
+                plan.key, plan.rules, node_id, self.clock(), plan.timings
+            )
         except SessionStoreDown:
             return node_id
         _check_rules(record, plan.rules)
@@ -145,7 +167,7 @@ class SessionTable:
         try:
             record = await self.store.rebind(plan.key, plan.rules, old, new, now)
             if record is None:
-                record = await self.store.claim(plan.key, plan.rules, new, now)
+                record = await self.store.claim(plan.key, plan.rules, new, now, plan.timings)
         except SessionStoreDown:
             return new
         return record.node_id if record.rules == plan.rules else new
@@ -155,7 +177,9 @@ class SessionTable:
         if plan.degraded:
             return None
         try:
-            return await self.store.record(plan.key, plan.rules, node_id, self.clock())
+            return await self.store.record(
+                plan.key, plan.rules, node_id, self.clock(), plan.timings
+            )
         except SessionStoreDown:
             return None  # the request went through; only its count is lost
 

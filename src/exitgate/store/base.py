@@ -31,6 +31,7 @@ from exitgate.model import (
     ALL_NETWORKS,
     ALL_PROTOCOLS,
     AuthMode,
+    AutoBan,
     IPNetwork,
     Limits,
     Network,
@@ -85,6 +86,7 @@ class NewPackage:
     networks: frozenset[Network] = ALL_NETWORKS
     rules: frozenset[str] | None = None
     auth_mode: AuthMode = AuthMode.KEY_OR_IP
+    autoban: AutoBan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class PackageUpdate:
     networks: frozenset[Network] | Unset = UNSET
     rules: frozenset[str] | Unset | None = UNSET
     auth_mode: AuthMode | Unset = UNSET
+    autoban: AutoBan | Unset | None = UNSET
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,9 +149,10 @@ class HistoryWriter:
 
     def _totals(self) -> dict[str, int]:
         s = self.stats
+        up, down = s.bytes()  # metered accounts plus the unmetered part
         return {
-            "bytes_up": s.bytes_up,
-            "bytes_down": s.bytes_down,
+            "bytes_up": up,
+            "bytes_down": down,
             "requests": s.requests_total,
             "errors": s.errors_total,
         }

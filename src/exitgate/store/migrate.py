@@ -60,6 +60,15 @@ def _version(conn: Connection) -> str | None:
     return None if found is None else str(found)
 
 
+def head() -> str | None:
+    """The newest revision in store/migrations/versions."""
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(SCRIPTS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
 def current(engine: Engine) -> str | None:
     with engine.connect() as conn:
         if "alembic_version" not in sa.inspect(conn).get_table_names():
@@ -82,4 +91,4 @@ def _file_lock(engine: Engine) -> Iterator[None]:
         os.close(fd)
 
 
-__all__ = ["current", "upgrade"]
+__all__ = ["current", "head", "upgrade"]

@@ -33,7 +33,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from exitgate.store.sessions import SessionKey, SessionRecord, SessionStoreDown
+from exitgate.store.sessions import (
+    NO_TIMINGS,
+    SessionKey,
+    SessionRecord,
+    SessionStoreDown,
+    SessionTimings,
+)
 from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.sessions")
@@ -42,15 +48,29 @@ US = 1_000_000
 DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
 
 # Shared prologue: KEYS[1] record hash, KEYS[2] package zset, KEYS[3] global zset;
-# ARGV[1] now (µs), ARGV[2] idle (µs), ARGV[3] member of the global zset, ARGV[4] session id.
+# ARGV[1] now (µs), ARGV[2] default idle (µs), ARGV[3] member of the global zset, ARGV[4]
+# session id. Fields: r n c a u q k, then the session's own timings (legacy usernames):
+# I idle (µs), L lifetime (µs), H hold (s); "" when not set.
 # `live()` deletes an expired record (what the TTL will do anyway) and returns its fields.
-_PROLOGUE = """
+_EXPIRY = """
 local now = tonumber(ARGV[1])
 local idle = tonumber(ARGV[2])
+local function expiry(f)
+  local i = idle
+  if f[8] and f[8] ~= '' then i = tonumber(f[8]) end
+  local e = tonumber(f[5]) + i
+  if f[9] and f[9] ~= '' then
+    local l = tonumber(f[3]) + tonumber(f[9])
+    if l < e then e = l end
+  end
+  return e
+end
+"""
+_PROLOGUE = _EXPIRY + """
 local function live()
-  local f = redis.call('HMGET', KEYS[1], 'r', 'n', 'c', 'a', 'u', 'q', 'k')
+  local f = redis.call('HMGET', KEYS[1], 'r', 'n', 'c', 'a', 'u', 'q', 'k', 'I', 'L', 'H')
   if not f[1] then return nil end
-  if now >= tonumber(f[5]) + idle then
+  if now >= expiry(f) then
     redis.call('DEL', KEYS[1])
     redis.call('ZREM', KEYS[2], ARGV[4])
     redis.call('ZREM', KEYS[3], ARGV[3])
@@ -58,29 +78,33 @@ local function live()
   end
   return f
 end
-local function touch(u)
-  local expiry = u + idle
-  local ttl = math.ceil((expiry - now) / 1000)
+local function touch(f)
+  local e = expiry(f)
+  local ttl = math.ceil((e - now) / 1000)
   if ttl < 1 then ttl = 1 end
   redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('ZADD', KEYS[2], string.format('%.0f', expiry), ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ttl + 1000)
-  redis.call('ZADD', KEYS[3], string.format('%.0f', expiry), ARGV[3])
+  redis.call('ZADD', KEYS[2], string.format('%.0f', e), ARGV[4])
+  if redis.call('PTTL', KEYS[2]) < ttl + 1000 then
+    redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+  end
+  redis.call('ZADD', KEYS[3], string.format('%.0f', e), ARGV[3])
 end
-local function put(r, n, c, a, u, q, k)
-  redis.call('HSET', KEYS[1], 'r', r, 'n', n, 'c', c, 'a', a, 'u', u, 'q', q, 'k', k)
+local function put(f)
+  redis.call('HSET', KEYS[1], 'r', f[1], 'n', f[2], 'c', f[3], 'a', f[4], 'u', f[5],
+    'q', f[6], 'k', f[7], 'I', f[8], 'L', f[9], 'H', f[10])
 end
 """
 
 _GET = _PROLOGUE + "return live()"
 
-# ARGV[5] rules, ARGV[6] node
+# ARGV[5] rules, ARGV[6] node, ARGV[7..9] timings I L H for a record this call creates
 _CLAIM = _PROLOGUE + """
 local f = live()
 if f then return f end
-put(ARGV[5], ARGV[6], ARGV[1], ARGV[1], ARGV[1], 0, 0)
-touch(now)
-return {ARGV[5], ARGV[6], ARGV[1], ARGV[1], ARGV[1], '0', '0'}
+f = {ARGV[5], ARGV[6], ARGV[1], ARGV[1], ARGV[1], '0', '0', ARGV[7], ARGV[8], ARGV[9]}
+put(f)
+touch(f)
+return f
 """
 
 # ARGV[5] rules, ARGV[6] expected node, ARGV[7] new node
@@ -93,21 +117,23 @@ f[2] = ARGV[7]; f[4] = ARGV[1]; f[7] = '0'
 return f
 """
 
-# ARGV[5] rules, ARGV[6] node. Returns nil (and writes nothing) when the rules differ.
+# ARGV[5] rules, ARGV[6] node, ARGV[7..9] timings. Returns nil (and writes nothing) when the
+# rules differ.
 _RECORD = _PROLOGUE + """
 local f = live()
 if not f then
-  put(ARGV[5], ARGV[6], ARGV[1], ARGV[1], ARGV[1], 1, 1)
-  touch(now)
-  return {ARGV[5], ARGV[6], ARGV[1], ARGV[1], ARGV[1], '1', '1'}
+  f = {ARGV[5], ARGV[6], ARGV[1], ARGV[1], ARGV[1], '1', '1', ARGV[7], ARGV[8], ARGV[9]}
+  put(f)
+  touch(f)
+  return f
 end
 if f[1] ~= ARGV[5] then return nil end
 local q = tonumber(f[6]) + 1
 local k = tonumber(f[7])
 if f[2] == ARGV[6] then k = k + 1 end
 redis.call('HSET', KEYS[1], 'u', ARGV[1], 'q', q, 'k', k)
-touch(now)
 f[5] = ARGV[1]; f[6] = tostring(q); f[7] = tostring(k)
+touch(f)
 return f
 """
 
@@ -131,17 +157,15 @@ return n
 """
 
 # KEYS[1] package zset; ARGV[1] now, ARGV[2] idle, ARGV[3] record key prefix.
-_LIST = """
-local now = tonumber(ARGV[1])
-local idle = tonumber(ARGV[2])
+_LIST = _EXPIRY + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
 for _, sid in ipairs(ids) do
-  local f = redis.call('HMGET', ARGV[3] .. sid, 'r', 'n', 'c', 'a', 'u', 'q', 'k')
-  if f[1] and now < tonumber(f[5]) + idle and f[6] ~= '0' then
+  local f = redis.call('HMGET', ARGV[3] .. sid, 'r', 'n', 'c', 'a', 'u', 'q', 'k', 'I', 'L', 'H')
+  if f[1] and now < expiry(f) and f[6] ~= '0' then
     table.insert(out, sid)
-    for i = 1, 7 do table.insert(out, f[i]) end
+    for i = 1, 10 do table.insert(out, f[i] or '') end
   end
 end
 return out
@@ -149,9 +173,7 @@ return out
 
 # KEYS[1] global zset; ARGV[1] now, ARGV[2] idle, ARGV[3] key prefix. Drops every record whose
 # expiry score is at or before now and that is not live by its own fields.
-_EXPIRE = """
-local now = tonumber(ARGV[1])
-local idle = tonumber(ARGV[2])
+_EXPIRE = _EXPIRY + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local dropped = 0
 for _, member in ipairs(due) do
@@ -159,9 +181,9 @@ for _, member in ipairs(due) do
   local pkg = string.sub(member, 1, sep - 1)
   local sid = string.sub(member, sep + 1)
   local key = ARGV[3] .. 's:' .. pkg .. ':' .. sid
-  local u = redis.call('HGET', key, 'u')
-  if u and now < tonumber(u) + idle then
-    redis.call('ZADD', KEYS[1], string.format('%.0f', tonumber(u) + idle), member)
+  local f = redis.call('HMGET', key, 'r', 'n', 'c', 'a', 'u', 'q', 'k', 'I', 'L', 'H')
+  if f[1] and now < expiry(f) then
+    redis.call('ZADD', KEYS[1], string.format('%.0f', expiry(f)), member)
   else
     if redis.call('DEL', key) == 1 then dropped = dropped + 1 end
     redis.call('ZREM', ARGV[3] .. 'sp:' .. pkg, sid)
@@ -176,13 +198,35 @@ def _us(seconds: float) -> int:
     return round(seconds * US)
 
 
+def _text(value: Any) -> str:
+    if value is None or value is False:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _record(key: SessionKey, fields: Any) -> SessionRecord | None:
     if not fields:
         return None
-    r, n, c, a, u, q, k = (f.decode() if isinstance(f, bytes) else str(f) for f in fields)
+    r, n, c, a, u, q, k, idle, life, hold = (_text(f) for f in (*fields, None, None, None)[:10])
+    timings = NO_TIMINGS
+    if idle or life or hold:
+        timings = SessionTimings(
+            lifetime=int(life) // US if life else None,
+            idle=int(idle) // US if idle else None,
+            hold=int(hold) if hold else None,
+        )
     return SessionRecord(
-        key, r, n, int(c) / US, int(a) / US, int(u) / US, int(q), int(k)
+        key, r, n, int(c) / US, int(a) / US, int(u) / US, int(q), int(k), timings
     )
+
+
+def _timing_args(timings: SessionTimings) -> list[str]:
+    """I (µs), L (µs), H (s) for the scripts; "" when not set."""
+    return [
+        "" if timings.idle is None else str(timings.idle * US),
+        "" if timings.lifetime is None else str(timings.lifetime * US),
+        "" if timings.hold is None else str(timings.hold),
+    ]
 
 
 class RedisSessionStore:
@@ -246,9 +290,16 @@ class RedisSessionStore:
         await self._settled()
         return _record(key, await self._call(self._get, self._keys(key), self._args(key, now)))
 
-    async def claim(self, key: SessionKey, rules: str, node_id: str, now: float) -> SessionRecord:
+    async def claim(
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> SessionRecord:
         await self._settled()
-        args = self._args(key, now, rules, node_id)
+        args = self._args(key, now, rules, node_id, *_timing_args(timings))
         fields = await self._call(self._claim, self._keys(key), args)
         record = _record(key, fields)
         if record is None:  # the script always returns a record
@@ -263,10 +314,15 @@ class RedisSessionStore:
         return _record(key, await self._call(self._rebind, self._keys(key), args))
 
     async def record(
-        self, key: SessionKey, rules: str, node_id: str, now: float
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        timings: SessionTimings = NO_TIMINGS,
     ) -> SessionRecord | None:
         await self._settled()
-        args = self._args(key, now, rules, node_id)
+        args = self._args(key, now, rules, node_id, *_timing_args(timings))
         return _record(key, await self._call(self._record_script, self._keys(key), args))
 
     def release(self, key: SessionKey, node_id: str) -> None:
@@ -299,9 +355,9 @@ class RedisSessionStore:
             self._list, [f"{self.prefix}sp:{package_id}"], [_us(now), self._idle_us, prefix]
         )
         found: list[SessionRecord] = []
-        for i in range(0, len(flat), 8):
-            sid = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
-            record = _record(SessionKey(package_id, sid), flat[i + 1 : i + 8])
+        for i in range(0, len(flat), 11):
+            sid = _text(flat[i])
+            record = _record(SessionKey(package_id, sid), flat[i + 1 : i + 11])
             if record is not None:
                 found.append(record)
         found.sort(key=lambda r: (r.created, r.key.session_id))

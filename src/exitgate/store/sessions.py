@@ -24,20 +24,26 @@ admin API.
   `expire(now)` only reclaims memory; no reader ever sees an expired record.
 - `assigned` is when `node_id` took over (rotate-timed counts from it), `node_requests` how
   many requests reached it since (rotate-requests).
+- `timings` (issue 13, SOAX legacy usernames) are per-session overrides fixed when the record
+  is created: `idle` replaces the store's idle timeout, `lifetime` ends the record at
+  `created + lifetime` whatever the traffic, `hold` (bindttl) is routing policy the store only
+  carries. A record's expiry is therefore `min(last_used + idle, created + lifetime)`; it only
+  ever moves later, which `expire` relies on.
 
 Operations (each atomic; "live" = present and not expired; all but `release` are coroutines)
 ----------
     get(key, now)                          the live record or None
-    claim(key, rules, node, now)           create-if-absent: a provisional record for `node`;
+    claim(key, rules, node, now, timings)  create-if-absent: a provisional record for `node`;
                                            returns the live record, ours or a winner's
                                            (compare its rules: a loser may be a mismatch)
     rebind(key, rules, expected, node, now)
                                            compare-and-set the node: only if the live record
                                            has `rules` and still points at `expected`; returns
                                            the live record after the step (None: gone)
-    record(key, rules, node, now)          one request reached `node`: requests += 1,
+    record(key, rules, node, now, timings) one request reached `node`: requests += 1,
                                            last_used = now, node_requests += 1 if `node` is
-                                           the record's node; creates the session if absent;
+                                           the record's node; creates the session if absent
+                                           (with `timings`);
                                            None (and no write) if the live record has other
                                            rules
     release(key, node)                     drop the record if it is still provisional and
@@ -47,20 +53,34 @@ Operations (each atomic; "live" = present and not expired; all but `release` are
     expire(now)                            reclaim expired records (Redis: TTL does it)
 
 A Redis implementation: one hash per session under `eg:s:{package}:{session}` written with
-`PEXPIREAT` in the same script as the write, plus a sorted set `eg:sp:{package}` of session
-ids scored by expiry for `list` (pruned with `ZREMRANGEBYSCORE` inside `list`). Scripts:
-`claim` "HGETALL; if live return it; else HSET + PEXPIREAT + ZADD"; `rebind` "if rules and
-node match then HSET node, assigned, node_requests=0"; `record` "HINCRBY requests ...,
-PEXPIREAT, ZADD". Each is one script, so two gateways racing on a session id see one winner.
+`PEXPIREAT` (at the record's `expires`) in the same script as the write, plus a sorted set
+`eg:sp:{package}` of session ids scored by expiry for `list` (pruned with
+`ZREMRANGEBYSCORE` inside `list`). Scripts: `claim` "HGETALL; if live return it; else
+HSET + PEXPIREAT + ZADD"; `rebind` "if rules and node match then HSET node, assigned,
+node_requests=0"; `record` "HINCRBY requests ..., PEXPIREAT, ZADD". Each is one script,
+so two gateways racing on a session id see one winner.
 Timestamps cross into Lua as strings with fixed decimals (doubles hold epoch microseconds).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Final, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTimings:
+    """Per-session overrides in seconds; None: the defaults (see the module docstring)."""
+
+    lifetime: int | None = None  # the session ends this long after it began
+    idle: int | None = None  # idle expiry instead of the store's idle_timeout
+    hold: int | None = None  # node failures within this long of `assigned` keep the node
+
+
+NO_TIMINGS: Final = SessionTimings()
 
 
 class SessionStoreDown(Exception):
@@ -83,6 +103,7 @@ class SessionRecord:
     last_used: float  # the last request that reached a node (claim time while provisional)
     requests: int  # requests that reached a node; 0: provisional
     node_requests: int  # of those, on node_id since `assigned`
+    timings: SessionTimings = NO_TIMINGS
 
     @property
     def provisional(self) -> bool:
@@ -90,7 +111,16 @@ class SessionRecord:
 
     def expires(self, idle_timeout: float) -> float:
         """The first instant at which the record is gone."""
-        return self.last_used + idle_timeout
+        timings = self.timings
+        idle = timings.idle if timings.idle is not None else idle_timeout
+        if timings.lifetime is None:
+            return self.last_used + idle
+        return min(self.last_used + idle, self.created + timings.lifetime)
+
+    def held(self, now: float) -> bool:
+        """Within its bindttl: a failing node is kept (retried), not replaced."""
+        hold = self.timings.hold
+        return hold is not None and not self.provisional and now < self.assigned + hold
 
 
 class SessionStore(Protocol):
@@ -105,13 +135,23 @@ class SessionStore(Protocol):
     def idle_timeout(self) -> float: ...
     async def get(self, key: SessionKey, now: float) -> SessionRecord | None: ...
     async def claim(
-        self, key: SessionKey, rules: str, node_id: str, now: float
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        timings: SessionTimings = NO_TIMINGS,
     ) -> SessionRecord: ...
     async def rebind(
         self, key: SessionKey, rules: str, expected: str, node_id: str, now: float
     ) -> SessionRecord | None: ...
     async def record(
-        self, key: SessionKey, rules: str, node_id: str, now: float
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        timings: SessionTimings = NO_TIMINGS,
     ) -> SessionRecord | None: ...
     def release(self, key: SessionKey, node_id: str) -> None: ...
     async def delete(self, key: SessionKey) -> bool: ...
@@ -123,16 +163,20 @@ class MemorySessionStore:
     """The embedded default: dicts behind one lock (the admin API may call from a thread).
     Its coroutines never suspend, so each is atomic on the event loop as well.
 
-    Records sit in an OrderedDict in order of `last_used` (a write that moves `last_used`
-    moves the record to the end; the caller's clock never runs backwards), so `expire`
-    pops expired records off the front and stops at the first live one.
+    Expiry is a heap of (deadline, key) entries, lazily kept: a record gets one entry when
+    it is created; its real expiry only moves later (`last_used` grows, timings are fixed),
+    so `expire` pops due entries and either drops the record or re-files it at its current
+    expiry. `_due` names each record's one current entry; others are stale and skipped.
     """
 
     def __init__(self, idle_timeout: float) -> None:
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
         self._idle = idle_timeout
-        self._records: OrderedDict[SessionKey, SessionRecord] = OrderedDict()
+        self._records: dict[SessionKey, SessionRecord] = {}
+        self._heap: list[tuple[float, int, SessionKey]] = []
+        self._due: dict[SessionKey, int] = {}
+        self._seq = itertools.count()
         self._by_package: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
@@ -148,13 +192,20 @@ class MemorySessionStore:
         with self._lock:
             return self._live(key, now)
 
-    async def claim(self, key: SessionKey, rules: str, node_id: str, now: float) -> SessionRecord:
+    async def claim(
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> SessionRecord:
         with self._lock:
             current = self._live(key, now)
             if current is not None:
                 return current
-            record = SessionRecord(key, rules, node_id, now, now, now, 0, 0)
-            self._put(record, touched=True)
+            record = SessionRecord(key, rules, node_id, now, now, now, 0, 0, timings)
+            self._put(record)
             return record
 
     async def rebind(
@@ -170,16 +221,21 @@ class MemorySessionStore:
             ):
                 return current
             record = replace(current, node_id=node_id, assigned=now, node_requests=0)
-            self._put(record, touched=False)
+            self._put(record)
             return record
 
     async def record(
-        self, key: SessionKey, rules: str, node_id: str, now: float
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        timings: SessionTimings = NO_TIMINGS,
     ) -> SessionRecord | None:
         with self._lock:
             current = self._live(key, now)
             if current is None:
-                record = SessionRecord(key, rules, node_id, now, now, now, 1, 1)
+                record = SessionRecord(key, rules, node_id, now, now, now, 1, 1, timings)
             elif current.rules != rules:
                 return None
             else:
@@ -190,7 +246,7 @@ class MemorySessionStore:
                     requests=current.requests + 1,
                     node_requests=current.node_requests + same,
                 )
-            self._put(record, touched=True)
+            self._put(record)
             return record
 
     def release(self, key: SessionKey, node_id: str) -> None:
@@ -219,12 +275,18 @@ class MemorySessionStore:
     async def expire(self, now: float) -> int:
         with self._lock:
             dropped = 0
-            while self._records:
-                key, record = next(iter(self._records.items()))
-                if now < record.expires(self._idle):
-                    break
-                self._drop(key)
-                dropped += 1
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                _, seq, key = heapq.heappop(heap)
+                if self._due.get(key) != seq:
+                    continue  # stale: the record was dropped (and maybe made again)
+                record = self._records[key]
+                deadline = record.expires(self._idle)
+                if deadline <= now:
+                    self._drop(key)
+                    dropped += 1
+                else:
+                    self._file(key, deadline)
             return dropped
 
     # -- under the lock -----------------------------------------------------------------------
@@ -238,15 +300,21 @@ class MemorySessionStore:
             return None
         return record
 
-    def _put(self, record: SessionRecord, *, touched: bool) -> None:
+    def _put(self, record: SessionRecord) -> None:
         key = record.key
         self._records[key] = record
-        if touched:
-            self._records.move_to_end(key)
+        if key not in self._due:
+            self._file(key, record.expires(self._idle))
         self._by_package.setdefault(key.package_id, set()).add(key.session_id)
+
+    def _file(self, key: SessionKey, deadline: float) -> None:
+        seq = next(self._seq)
+        self._due[key] = seq
+        heapq.heappush(self._heap, (deadline, seq, key))
 
     def _drop(self, key: SessionKey) -> None:
         del self._records[key]
+        del self._due[key]
         ids = self._by_package.get(key.package_id)
         if ids is not None:
             ids.discard(key.session_id)

@@ -72,6 +72,7 @@ from exitgate.store.sql_schema import (
     usage_hours,
     usage_totals,
 )
+from exitgate.store.sql_values import autoban_from, autoban_to
 
 _COUNTS = ("bytes_up", "bytes_down", "requests")
 
@@ -152,6 +153,7 @@ class SqlStore:
                     rules=None if new.rules is None else sorted(new.rules),
                     auth_mode=new.auth_mode.value,
                     created_at=time.time(),
+                    autoban=autoban_to(new.autoban),
                 )
             )
             return self._package(conn, package_id)
@@ -182,6 +184,8 @@ class SqlStore:
             values["rules"] = None if update.rules is None else sorted(update.rules)
         if update.auth_mode is not UNSET:
             values["auth_mode"] = update.auth_mode.value
+        if update.autoban is not UNSET:
+            values["autoban"] = autoban_to(update.autoban)
         with self._tx() as conn:
             self._update(conn, packages, "package", package_id, values)
             return self._package(conn, package_id)
@@ -471,6 +475,7 @@ def _package_from(row: RowMapping) -> Package:
         networks=frozenset(Network(n) for n in row["networks"]),
         rules=None if rules is None else frozenset(rules),
         auth_mode=AuthMode(row["auth_mode"] or AuthMode.KEY_OR_IP),
+        autoban=autoban_from(row["autoban"]),
     )
 
 

@@ -45,6 +45,8 @@ packages = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     # issue 12 (migration 0002); NULL (a row from before the column): key_or_ip
     sa.Column("auth_mode", sa.String(16), nullable=True, server_default="key_or_ip"),
+    # issue 13 (migration 0004): {"statuses": [403, 429], "ttl": 600}; NULL: no automatic bans
+    sa.Column("autoban", sa.JSON(none_as_null=True), nullable=True),
 )
 
 nodes = sa.Table(
@@ -99,6 +101,61 @@ usage_totals = sa.Table(
     sa.Column("bytes_up", sa.BigInteger, nullable=False),
     sa.Column("bytes_down", sa.BigInteger, nullable=False),
     sa.Column("requests", sa.BigInteger, nullable=False),
+)
+
+# Webhooks (issue 11): endpoints, the delivery outbox and log, attempts, watcher marks.
+# No foreign keys on the log: deliveries are history and outlive their endpoint.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=True, index=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),  # sealed (webhooks/vault.py), never clear
+    sa.Column("events", sa.JSON, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("disabled_reason", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("event_id", sa.String(40), nullable=False),
+    sa.Column("endpoint_id", sa.String(40), nullable=False, index=True),
+    sa.Column("org_id", sa.String(40), nullable=True),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # the exact body signed and sent
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_at", sa.Float, nullable=False),  # pending: due time (or claim lease end)
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_latency_ms", sa.Float, nullable=True),
+    sa.Column("replay_of", sa.String(40), nullable=True),
+    sa.Index("ix_webhook_deliveries_due", "state", "next_at"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("delivery_id", sa.String(40), primary_key=True),
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("status", sa.Integer, nullable=True),  # None: no HTTP answer
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+webhook_marks = sa.Table(
+    "webhook_marks",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("value", sa.String(80), nullable=False),
 )
 
 # The dashboard's per-minute history of the live figures (store/history.py); no foreign keys.

@@ -15,13 +15,15 @@ Decisions:
 - Line endings are CRLF only. A bare LF (or a lone CR) anywhere in a head is 400; in a
   response head 502. Up to 16 empty lines before a request line are skipped (RFC 9112 2.2).
 - Rejected with 400: obs-fold, whitespace before a field name's colon, NUL/CR/LF in values,
-  non-visible-ASCII request targets, several Host fields, conflicting or malformed
-  Content-Length, Content-Length together with Transfer-Encoding, Transfer-Encoding on HTTP/1.0,
-  a Transfer-Encoding whose final coding is not chunked. Any coding but a single `chunked` in a
-  request is 501. Versions other than HTTP/1.0 and HTTP/1.1: 505. Heads over `max_size`: 431.
-- Responses: malformed heads are `HttpError(502)`; Transfer-Encoding wins over Content-Length
-  (the forwarded head drops Content-Length then); a final coding other than chunked is read
-  until close.
+  non-visible-ASCII request targets, several Host fields, and framing that is not one meaning
+  (see `wire.framing`: conflicting or malformed Content-Length, Content-Length with
+  Transfer-Encoding, Transfer-Encoding on HTTP/1.0, chunked not last or twice). Any coding but
+  a single `chunked` in a request is 501. Versions other than HTTP/1.0 and HTTP/1.1: 505.
+  Heads over `max_size`: 431.
+- Responses: malformed heads, framing included, are `HttpError(502)`; a final coding other
+  than chunked is read until close.
+- Framing leaves in one canonical field (`Content-Length: 5, 5` goes on as `Content-Length:
+  5`), in both directions.
 - Proxy-Authorization: Basic with strict UTF-8 (same rule as SOCKS5); absent → None, present
   but unusable → MALFORMED.
 - Hosts are lowercased; a name whose last label is numeric must be a strict dotted-quad IPv4
@@ -41,6 +43,7 @@ from typing import Final, Literal
 
 from exitgate.model import Target
 from exitgate.wire.body import BodyFramer, BodyKind
+from exitgate.wire.framing import FRAMING_FIELDS, NO_FRAMING, Framing, Via, message_framing
 from exitgate.wire.host import normalize_host
 from exitgate.wire.http_error import HttpError
 
@@ -246,82 +249,67 @@ def parse_response_head(
     resp = ResponseHead(
         version, code, (reason or b"").decode("latin-1"), _split_fields(head, eol + 2, 502)
     )
-    if resp.get(b"content-length") is not None:
-        _content_length(resp, 502)
+    response_framing(resp)
     return resp, consumed
 
 
 # ---------------------------------------------------------------------------- framing
 
 
-def _content_length(head: _Fields, status: int) -> int:
-    """The one Content-Length value (identical repeats, also as a list, are accepted)."""
-    values = {v.strip() for raw in _values(head, b"content-length") for v in raw.split(b",")}
-    if len(values) != 1:
-        raise HttpError(status, "conflicting Content-Length")
-    value = values.pop()
-    if not value.isdigit() or len(value) > 18:
-        raise HttpError(status, "invalid Content-Length")
-    return int(value)
+def _framing(head: _Fields, version: str, *, request: bool) -> Framing:
+    """The head's checked framing (see `wire.framing`); cheap when neither field is there."""
+    names = head._names
+    if b"content-length" not in names and b"transfer-encoding" not in names:
+        return NO_FRAMING
+    return message_framing(
+        _values(head, b"content-length"),
+        _values(head, b"transfer-encoding"),
+        version,
+        request=request,
+    )
 
 
-def _codings(head: _Fields) -> list[bytes]:
-    return [
-        c
-        for raw in _values(head, b"transfer-encoding")
-        for v in raw.split(b",")
-        if (c := v.strip().lower())
-    ]
+def request_framing(head: RequestHead) -> Framing:
+    return _framing(head, head.version, request=True)
+
+
+def response_framing(head: ResponseHead) -> Framing:
+    return _framing(head, head.version, request=False)
 
 
 def _check_request_framing(req: RequestHead) -> None:
-    names = req._names
-    if names.count(b"host") > 1:
+    if req._names.count(b"host") > 1:
         raise HttpError(400, "several Host fields")
-    if b"transfer-encoding" in names:
-        if b"content-length" in names:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding")
-        if req.version == "HTTP/1.0":
-            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        codings = _codings(req)
-        if codings == [b"chunked"]:
-            return
-        if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
-            raise HttpError(400, "chunked is not the final transfer coding")
-        raise HttpError(501, "unsupported transfer coding")
-    if b"content-length" in names:
-        _content_length(req, 400)
+    request_framing(req)
 
 
 def request_body(head: RequestHead) -> tuple[BodyKind, int]:
     """How the request body is framed: (NONE, 0), (LENGTH, n > 0) or (CHUNKED, 0)."""
     names = head._names
-    if b"transfer-encoding" in names:
-        return BodyKind.CHUNKED, 0  # parse_request_head accepted only a lone `chunked`
-    if b"content-length" in names:
-        n = _content_length(head, 400)
-        return (BodyKind.LENGTH, n) if n else (BodyKind.NONE, 0)
+    if b"content-length" not in names and b"transfer-encoding" not in names:
+        return BodyKind.NONE, 0  # most requests: no call into the framing rules
+    framing = request_framing(head)
+    if framing.via is Via.CHUNKED:
+        return BodyKind.CHUNKED, 0  # message_framing accepts only a lone `chunked` here
+    if framing.via is Via.LENGTH and framing.length:
+        return BodyKind.LENGTH, framing.length
     return BodyKind.NONE, 0
 
 
 def response_body(head: ResponseHead, request_method: str) -> tuple[BodyKind, int]:
     """How the response body is framed (RFC 9112 6.3)."""
+    framing = response_framing(head)  # checked even when there is no body: it is forwarded
     status = head.status
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         return BodyKind.NONE, 0
     if request_method == "CONNECT" and status < 300:
         return BodyKind.NONE, 0  # a tunnel follows
-    if b"transfer-encoding" in head._names:
-        codings = _codings(head)
-        if codings and codings[-1] == b"chunked":
-            return BodyKind.CHUNKED, 0
-        return BodyKind.UNTIL_CLOSE, 0
-    if b"content-length" in head._names:
-        n = _content_length(head, 502)
-        return (BodyKind.LENGTH, n) if n else (BodyKind.NONE, 0)
+    via = framing.via
+    if via is Via.CHUNKED:
+        return BodyKind.CHUNKED, 0
+    if via is Via.LENGTH:
+        return (BodyKind.LENGTH, framing.length) if framing.length else (BodyKind.NONE, 0)
     return BodyKind.UNTIL_CLOSE, 0
-
-
 
 
 # ---------------------------------------------------------------------------- connection
@@ -359,16 +347,30 @@ def response_keep_alive(head: ResponseHead) -> bool:
 
 _HOP_BY_HOP: Final = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
 _DROP_HOST: Final = frozenset((b"host",))  # a forwarded request gets the URI's authority
-_DROP_LENGTH: Final = frozenset((b"content-length",))
+_NOTHING: Final[frozenset[bytes]] = frozenset()
+_DROP_FORWARDED: Final = _DROP_HOST | {b"x-exitgate-ban"}  # for the gateway, not the target
 
 
-def _kept_fields(head: _Fields, extra_drop: frozenset[bytes]) -> list[bytes]:
+def _kept_fields(head: _Fields, extra_drop: frozenset[bytes], framing: Framing) -> list[bytes]:
+    """The end-to-end fields to forward. Framing fields leave as `framing.field`, once, where
+    the first of them stood, whatever form they came in (and even when Connection names them:
+    the body is framed by them either way)."""
     drop = _HOP_BY_HOP | extra_drop
     if b"connection" in head._names:
         drop = drop | _tokens(head, b"connection")
     out: list[bytes] = []
+    if framing.via is Via.NONE:
+        for lname, (name, value) in zip(head._names, head.headers, strict=True):
+            if lname not in drop and not lname.startswith(b"proxy-"):
+                out += (name, b": ", value, b"\r\n")
+        return out
+    canonical = framing.field
     for lname, (name, value) in zip(head._names, head.headers, strict=True):
-        if lname not in drop and not lname.startswith(b"proxy-"):
+        if lname in FRAMING_FIELDS:
+            if canonical:
+                out.append(canonical)
+                canonical = b""
+        elif lname not in drop and not lname.startswith(b"proxy-"):
             out += (name, b": ", value, b"\r\n")
     return out
 
@@ -377,12 +379,12 @@ def forward_request_head(
     head: RequestHead, target: Target, path: str, *, close: bool = False
 ) -> bytes:
     """The origin-form request for the target: same method and version, Host from the URI
-    (without :80), hop-by-hop and Proxy-* fields dropped, Transfer-Encoding/Content-Length kept
+    (without :80), hop-by-hop and Proxy-* fields dropped, the framing in one canonical field
     (the body is relayed verbatim). `close` asks the target to close after this exchange;
     otherwise an HTTP/1.0 request asks for keep-alive explicitly."""
     authority = target.authority if target.port != 80 else target.authority[:-3]
     parts = [f"{head.method} {path} {head.version}\r\nHost: {authority}\r\n".encode("ascii")]
-    parts += _kept_fields(head, _DROP_HOST)
+    parts += _kept_fields(head, _DROP_FORWARDED, request_framing(head))
     if close:
         parts.append(b"Connection: close\r\n")
     elif head.version == "HTTP/1.0":
@@ -395,13 +397,10 @@ def forward_response_head(
     head: ResponseHead, *, close: bool, client_version: str = "HTTP/1.1"
 ) -> bytes:
     """The response for the client, as HTTP/1.1 with the same status and reason; hop-by-hop and
-    Proxy-* fields dropped; Content-Length dropped when Transfer-Encoding is present. Adds
-    `Connection: close` when `close`, or `Connection: keep-alive` for an HTTP/1.0 client."""
-    # RFC 9112 6.3: Transfer-Encoding overrides Content-Length; forwarding both invites
-    # response splitting downstream.
-    extra = _DROP_LENGTH if b"transfer-encoding" in head._names else frozenset()
+    Proxy-* fields dropped, the framing in one canonical field. Adds `Connection: close` when
+    `close`, or `Connection: keep-alive` for an HTTP/1.0 client."""
     parts = [f"HTTP/1.1 {head.status} {head.reason}\r\n".encode("latin-1")]
-    parts += _kept_fields(head, extra)
+    parts += _kept_fields(head, _NOTHING, response_framing(head))
     if close:
         parts.append(b"Connection: close\r\n")
     elif client_version == "HTTP/1.0":

@@ -22,7 +22,8 @@ Decisions:
 - empty usernames/passwords are passed on (admission decides);
 - a domain (ATYP 3) is decoded as UTF-8, lowercased and validated like an HTTP host (see
   `http1.normalize_host`); an IP literal sent as a domain becomes that IP; a malformed one is
-  reply 0x01; unknown commands are 0x07, unknown address types 0x08;
+  reply 0x01 (for UDP ASSOCIATE, whose address is only a hint of the client's own, it is
+  taken as 0.0.0.0 with the port kept); unknown commands are 0x07, unknown address types 0x08;
 - the reserved byte is ignored; port 0 is passed on (UDP ASSOCIATE uses it).
 
 Driver:
@@ -293,8 +294,12 @@ class Socks5Server:
         try:
             target = _decode_address(bytes(buf[:end]), 3)
         except ValueError:
-            reply = _failure(SocksReply.GENERAL_FAILURE)
-            raise Socks5Error("malformed destination", reply) from None
+            if cmd != Command.UDP_ASSOCIATE:
+                reply = _failure(SocksReply.GENERAL_FAILURE)
+                raise Socks5Error("malformed destination", reply) from None
+            # UDP ASSOCIATE's address is only a hint of where the client will send from
+            # (PySocks sends the name "0"): unusable means unspecified; the port stays.
+            target = Target("0.0.0.0", int.from_bytes(buf[end - 2 : end], "big"))
         del buf[:end]
         self._phase = _Phase.AWAIT_REPLY
         return Request(Command(cmd), target)

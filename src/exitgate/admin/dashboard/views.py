@@ -27,6 +27,7 @@ async def overview(parts: Parts) -> dict[str, Any]:
         if n.state is NodeState.ONLINE and parts.health.state(n.id) is BreakerState.CLOSED
     )
     rates = parts.writer.rates
+    up, down = parts.stats.bytes()
     return {
         "up_per_s": rates.bytes_up,
         "down_per_s": rates.bytes_down,
@@ -37,8 +38,8 @@ async def overview(parts: Parts) -> dict[str, Any]:
         "nodes_healthy": healthy,
         "nodes_total": len(nodes),
         "sessions_live": len(await live_sessions(parts)),
-        "bytes_up_total": parts.stats.bytes_up,
-        "bytes_down_total": parts.stats.bytes_down,
+        "bytes_up_total": up,
+        "bytes_down_total": down,
         "requests_total": parts.stats.requests_total,
         "errors_total": parts.stats.errors_total,
     }
