@@ -28,6 +28,7 @@ from exitgate.admin.api import create_admin_app
 from exitgate.admin.api_bans import bans_router
 from exitgate.admin.api_self import GatewayReads
 from exitgate.admin.api_webhooks import webhook_routes
+from exitgate.admin.dashboard import Dashboard, Parts
 from exitgate.admission import Admission, DestinationPolicy, Lease
 from exitgate.auth_reports import report_failures, throttle_from
 from exitgate.cluster.directory import AgentDirectory
@@ -39,11 +40,11 @@ from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
-from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
 from exitgate.net.udp_assoc import UdpService
 from exitgate.observe.accesslog import AccessLog
 from exitgate.observe.metrics import Sources, metrics_router
+from exitgate.observe.node_figures import NodeConnects, TimedDialer
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
@@ -60,6 +61,7 @@ from exitgate.store.base import AccountStore, open_store
 from exitgate.store.changes import ChangeFeed
 from exitgate.store.counters import Counters, open_counters
 from exitgate.store.degraded import FailoverCounters
+from exitgate.store.history import HistoryStore, HistoryWriter
 from exitgate.store.redis_errors import RedisErrorLog
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
@@ -182,6 +184,9 @@ class Gateway:
         self.token_generated = False
         self._admin: uvicorn.Server | None = None
         self._admin_task: asyncio.Task[None] | None = None
+        self.history: HistoryWriter | None = None  # the dashboard's per-minute sampler
+        self._proxy_bound: tuple[str, int] = ("127.0.0.1", 0)
+        self.node_connects: dict[str, NodeConnects] = {}
 
     def _on_node(self, node: Node | None, node_id: str) -> None:
         if node is None:
@@ -321,7 +326,8 @@ class Gateway:
             # several instances on one database: never sweep agents another instance holds
             shared_store=shared,
         )
-        dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
+        dialer = TimedDialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
+        self.node_connects = dialer.figures  # per-node connect times for the dashboard
         self.router = Router(
             self.index, self.health, self.sessions, bans=self.bans, memory=self.bans.memory
         )
@@ -357,6 +363,7 @@ class Gateway:
         self.proxy = ProxyServer(ctx, tls)
         self.stats.clients = self.proxy.clients
         proxy_bound = await self.proxy.listen(settings.proxy.listen)
+        self._proxy_bound = proxy_bound
         extra = []
         if settings.proxy.http_listen:
             extra.append(await self.proxy.listen(settings.proxy.http_listen, "http"))
@@ -371,6 +378,8 @@ class Gateway:
         )
         await self.webhooks.start(self.registry, self.usage.metering, self.health)
         self.token, self.token_generated = admin_token(settings)
+        if settings.dashboard.enabled:
+            self._start_history()  # every worker samples its own traffic into the store
         admin_bound = await self._start_admin()
         return Bound(proxy_bound, admin_bound, tuple(extra), hub_bound)
 
@@ -498,21 +507,52 @@ class Gateway:
             for b in await self.bans.list(package_id)
         ]  # fmt: skip
 
+    def _start_history(self) -> None:
+        """The dashboard's per-minute history of `self.stats`, written to the store."""
+        settings = self.settings.dashboard
+        store = HistoryStore(self.settings.store.url, getattr(self.store, "engine", None))
+        self.history = HistoryWriter(
+            self.stats,
+            store,
+            interval=settings.sample_interval,
+            retention=settings.retention_days * 86400,
+        )
+        self.history.start()
+
+    def _dashboard(self) -> Dashboard:
+        """The web dashboard (issue 11), on the instance that serves the admin API."""
+        assert self.service is not None and self.usage is not None and self.history is not None
+        parts = Parts(
+            self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
+            self.history.store, self.history, self.hub, self._proxy_bound,
+            {},  # per-node bytes: to wire on top of the metrics' meters (issue 11 merge)
+            self.node_connects,
+            self.error_log,
+        )
+        return Dashboard(parts, self.token, self.settings.dashboard)
+
     async def _start_admin(self) -> tuple[str, int]:
         if not self.settings.admin.listen:
             return ("", 0)  # a worker other than the first: worker 0 serves the admin API
         if self.service is None or self.usage is None:
             raise RuntimeError("start the store and usage before the admin API")
+        dashboard = self._dashboard() if self.settings.dashboard.enabled else None
         app = create_admin_app(
             self.service,
             self.token,
-            extra_routers=[*self._routers(), *self._webhook_routers()],
+            extra_routers=[
+                *self._routers(),
+                *self._webhook_routers(),
+                *(dashboard.api_routers() if dashboard else []),
+            ],
             public_routers=[metrics_router(self._metrics_sources())],
             usage_provider=self.usage.totals,
             usage_buckets=self.usage.buckets,
             reads=self._reads(),
             max_body_bytes=self.settings.admin.max_body_bytes,
         )
+        if dashboard is not None:
+            dashboard.install(app)
         host, port = split_hostport(self.settings.admin.listen)
         # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,
         # instead of uvicorn's sys.exit inside a task.
@@ -558,6 +598,8 @@ class Gateway:
                     await task
         if self.keeper is not None:
             await self.keeper.close()
+        if self.history is not None:
+            await self.history.close()
         if self.usage is not None:
             await self.usage.close()
         if self.accesslog is not None:

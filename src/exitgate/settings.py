@@ -278,6 +278,11 @@ class AccessLogSettings(_Section):
         if not v:
             raise ValueError('"off", "stdout", "stderr" or a file path')
         return v
+class DashboardSettings(_Section):
+    enabled: bool = True  # the web dashboard at the admin listener's `/`
+    sample_interval: float = Field(default=10.0, gt=0)  # seconds between history samples
+    retention_days: float = Field(default=8.0, gt=0)  # per-minute history kept this long
+    session_ttl: float = Field(default=12 * 3600.0, gt=0)  # seconds a login lasts
 
 
 class Settings(_Section):
@@ -296,6 +301,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     webhooks: WebhookSettings = WebhookSettings()
     accesslog: AccessLogSettings = AccessLogSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @property
     def data_dir(self) -> Path:

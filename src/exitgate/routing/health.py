@@ -219,6 +219,11 @@ class NodeHealth:
         node = self._nodes.get(node_id)
         return 0 if node is None else node.inflight
 
+    def failure_score(self, node_id: str) -> float:
+        """Recent failures, decayed by `half_life` (what the dashboard shows)."""
+        node = self._nodes.get(node_id)
+        return 0.0 if node is None else self._score(node, self.clock())
+
     def forget(self, node_id: str) -> None:
         """The node left the pool: drop its state (stale deadlines are skipped later)."""
         self._nodes.pop(node_id, None)

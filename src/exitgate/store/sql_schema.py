@@ -158,6 +158,19 @@ webhook_marks = sa.Table(
     sa.Column("value", sa.String(80), nullable=False),
 )
 
+# The dashboard's per-minute history of the live figures (store/history.py); no foreign keys.
+stats_minutes = sa.Table(
+    "stats_minutes",
+    metadata,
+    sa.Column("minute", sa.BigInteger, primary_key=True, autoincrement=False),  # epoch s
+    sa.Column("bytes_up", sa.BigInteger, nullable=False),
+    sa.Column("bytes_down", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("tunnels", sa.BigInteger, nullable=False),  # the most active at one sample
+    sa.Column("connections", sa.BigInteger, nullable=False),
+)
+
 
 
 def engine_for(url: str) -> Engine:
