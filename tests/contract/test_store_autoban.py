@@ -12,6 +12,7 @@ from exitgate.store import migrate
 from exitgate.store.base import UNSET, AccountStore, NewPackage, PackageUpdate, open_store
 from exitgate.store.keys import hash_key, new_key
 from exitgate.store.sql import SqlStore
+from exitgate.store.sql_schema import engine_for
 from tests.contract.test_store import store  # noqa: F401 - the parametrized store fixture
 
 
@@ -31,19 +32,21 @@ def test_autoban_roundtrips_and_clears(store: AccountStore) -> None:  # noqa: F8
 
 def test_an_older_database_without_the_column_still_opens(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    first = open_store(url)
-    org = first.create_org("acme", None)
-    pkg = first.create_package(NewPackage(org_id=org.id, name="old"), hash_key(new_key()))
-    assert isinstance(first, SqlStore)
-    with first.engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE packages DROP COLUMN autoban"))  # as before issue 13
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
-    first.close()
-    reopened = open_store(url)
+    engine = engine_for(url)
+    migrate.upgrade(engine, "0003")  # the schema before issue 13, with a package in it
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO orgs (id, name, credits, created_at) VALUES ('org_old', 'a', NULL, 0)"))
+        conn.execute(sa.text(
+            "INSERT INTO packages (id, org_id, name, key_hash, status, ip_allowlist, protocols,"
+            " networks, created_at) VALUES ('pkg_old', 'org_old', 'old', 'h', 'active', '[]',"
+            " '[]', '[]', 0)"))
+    engine.dispose()
+    reopened = open_store(url)  # upgrades in place
     try:
-        assert reopened.get_package(pkg.id).name == "old"
-        assert reopened.get_package(pkg.id).autoban is None
+        assert reopened.get_package("pkg_old").name == "old"
+        assert reopened.get_package("pkg_old").autoban is None
         assert isinstance(reopened, SqlStore)
-        assert migrate.current(reopened.engine) == migrate.head()  # upgraded in place
+        assert migrate.current(reopened.engine) == migrate.head()
     finally:
         reopened.close()

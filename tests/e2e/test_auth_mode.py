@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,9 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from exitgate.model import AuthMode
+from exitgate.store import migrate
 from exitgate.store.sql import SqlStore
+from exitgate.store.sql_schema import engine_for
 from tests.e2e.test_admin_api import serve_admin
 from tests.e2e.test_admin_cli import Cli
 from tests.support.gateway import TOKEN, GatewayThread
@@ -121,19 +123,17 @@ def test_admin_api_and_cli_field(gw: GatewayThread) -> None:
 
 def test_an_older_database_gets_the_column(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    store = SqlStore(url)
-    org = store.create_org("a", None)
-    store.close()
-    with sqlite3.connect(tmp_path / "old.db") as db:  # as before issue 12
-        db.execute("ALTER TABLE packages DROP COLUMN auth_mode")
-        db.execute("DROP TABLE alembic_version")  # made before migrations existed
-        db.execute(
+    engine = engine_for(url)
+    migrate.upgrade(engine, "0001")  # the schema before issue 12, with a package in it
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO orgs (id, name, credits, created_at) VALUES ('org_old', 'a', NULL, 0)"))
+        conn.execute(sa.text(
             "INSERT INTO packages (id, org_id, name, key_hash, status, ip_allowlist, protocols,"
-            " networks, created_at) VALUES ('pkg_old', ?, 'old', 'h', 'active', '[]', '[]',"
-            " '[]', 0)",
-            (org.id,),
-        )
-    store = SqlStore(url)
+            " networks, created_at) VALUES ('pkg_old', 'org_old', 'old', 'h', 'active', '[]',"
+            " '[]', '[]', 0)"))
+    engine.dispose()
+    store = SqlStore(url)  # upgrades in place
     try:
         assert store.get_package("pkg_old").auth_mode is AuthMode.KEY_OR_IP
     finally:

@@ -89,8 +89,9 @@ def test_when_the_holder_is_gone_the_agent_leaves_the_directory(
         hub = a.gateway.hub
         assert hub is not None
         agent = ThreadAgent(hub, "fleet-2")
-        _, key = a.package()
-        wait_until(lambda: _online(b, "fleet-2"), timeout=10)
+        pkg, key = a.package()
+        wait_until(lambda: _online(b, "fleet-2")
+                   and b.gateway.registry.package(pkg.id) is not None, timeout=10)
         directory = b.gateway.interlink.directory  # type: ignore[union-attr]
         holder = b.call(directory.lookup("fleet-2"))
         assert holder is not None and holder.instance == a.gateway.interlink.directory.instance  # type: ignore[union-attr]

@@ -36,7 +36,8 @@ def config(connection: Connection) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine, target: str = "head") -> None:
+    """To `target` (tests build an older schema with it; the store always goes to head)."""
     # alembic narrates every step at INFO; one line of ours says what changed
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with _file_lock(engine), engine.begin() as conn:
@@ -47,7 +48,7 @@ def upgrade(engine: Engine) -> None:
         if "orgs" in tables and "alembic_version" not in tables:
             command.stamp(cfg, BASELINE)
         before = _version(conn)
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, target)
         after = _version(conn)
         if after != before:
             log.info("database schema upgraded: %s -> %s", before or "empty", after)
