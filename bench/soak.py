@@ -5,7 +5,8 @@
 Everything runs on loopback: `exitgate serve` (a subprocess, SQLite store, provisioned over
 the admin API as in `bench/gateway.py`), one `exitgate agent` exit (country jp), and in this
 process an HTTP origin and the clients. Each client is a loop until the deadline, with a
-short random pause between operations; the mix (shares of --clients):
+random pause between operations (mean --think, 1 s: 500 clients offer a few hundred
+operations a second, a load, not a saturation test); the mix (shares of --clients):
 
     connect  35%  CONNECT + Basic auth, one GET through the tunnel, close   (country-us)
     forward  25%  absolute-form GETs with Basic auth on a kept-alive connection
@@ -99,6 +100,19 @@ class Refused(Exception):
 class Tally:
     ok: Counter[str] = field(default_factory=Counter)
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, code)
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # successful operations
+    start: float = 0.0
+    span: float = 1.0
+    errors_by_tenth: Counter[int] = field(default_factory=Counter)  # when, in tenths of the run
+
+    def error(self, kind: str, code: str) -> None:
+        self.errors[kind, code] += 1
+        if kind != "badauth":
+            self.errors_by_tenth[min(9, int(10 * (time.monotonic() - self.start) / self.span))] += 1
+
+    def done(self, kind: str, began: float) -> None:
+        self.ok[kind] += 1
+        self.seconds.setdefault(kind, []).append(time.monotonic() - began)
 
 
 def basic(user: str, key: str) -> str:
@@ -179,25 +193,26 @@ async def forward_client(cfg: Config, tally: Tally, source: str, deadline: float
                 cfg.op_timeout,
             )
         except (OSError, TimeoutError) as exc:
-            tally.errors["forward", _kind(exc)] += 1
+            tally.error("forward", _kind(exc))
             await asyncio.sleep(cfg.think)
             continue
         try:
             while time.monotonic() < deadline:
+                began = time.monotonic()
                 writer.write(request)
                 status, headers, body = await asyncio.wait_for(
                     read_response(reader), cfg.op_timeout
                 )
                 if status != 200 or body != b"ok":
                     raise refusal(status, headers)
-                tally.ok["forward"] += 1
+                tally.done("forward", began)
                 if headers.get("connection", "").lower() == "close":
                     break
                 await asyncio.sleep(random.uniform(0, 2 * cfg.think))
         except Refused as exc:
-            tally.errors["forward", exc.code] += 1
+            tally.error("forward", exc.code)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-            tally.errors["forward", _kind(exc)] += 1
+            tally.error("forward", _kind(exc))
         finally:
             writer.close()
 
@@ -231,12 +246,13 @@ async def client(cfg: Config, tally: Tally, kind: str, n: int, deadline: float) 
                     kind, f"country-us-session-s{n % 50}"
                 )
                 op = op_connect(cfg, user, cfg.key, source)
+            began = time.monotonic()
             await asyncio.wait_for(op, cfg.op_timeout)
-            tally.ok[kind] += 1
+            tally.done(kind, began)
         except Refused as exc:
-            tally.errors[kind, exc.code] += 1
+            tally.error(kind, exc.code)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-            tally.errors[kind, _kind(exc)] += 1
+            tally.error(kind, _kind(exc))
         pause = 1.0 if kind == "badauth" else random.uniform(0, 2 * cfg.think)
         await asyncio.sleep(pause)
 
@@ -271,6 +287,12 @@ async def sampler(pid: int, agent_pid: int | None, out: dict[str, list[Any]], st
             out["agent_rss"].append(rss_kib(agent_pid))
 
 
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    at = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(1000 * ordered[-1], 1)}
+
+
 def drift(samples: list[int]) -> float | None:
     if len(samples) < 10:
         return None
@@ -290,7 +312,7 @@ async def soak(args: argparse.Namespace, inst: Instance) -> dict[str, Any]:
     baseline_fds, baseline_rss = fds(pid), rss_kib(pid)
     log(f"baseline: {baseline_fds} descriptors, RSS {baseline_rss} KiB; "
         f"{args.clients} clients for {args.minutes} min")
-    tally = Tally()
+    tally = Tally(start=time.monotonic(), span=args.minutes * 60)
     samples: dict[str, list[Any]] = {"rss": [], "fds": [], "agent_rss": []}
     started = time.monotonic()
     deadline = started + args.minutes * 60
@@ -323,13 +345,17 @@ async def soak(args: argparse.Namespace, inst: Instance) -> dict[str, Any]:
     log_text = Path(inst.proc.log).read_text(errors="replace")
     ops = sum(tally.ok.values()) + sum(tally.errors.values())
     return {
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
         "minutes": args.minutes,
         "clients": args.clients,
         "mix": dict(Counter(kinds)),
         "elapsed_s": round(elapsed, 1),
         "ok": dict(tally.ok),
         "ops_per_s": round(ops / elapsed, 1),
+        "latency_ms": {k: _percentiles(v) for k, v in sorted(tally.seconds.items())},
         "errors": {f"{k}:{c}": n for (k, c), n in sorted(tally.errors.items())},
+        "unexplained_errors_by_tenth_of_run": [tally.errors_by_tenth[i] for i in range(10)],
         "unexplained_errors": sum(n for (k, _), n in tally.errors.items() if k != "badauth"),
         "rss_kib": {"baseline": baseline_rss, "samples": len(samples["rss"]),
                     "min": min(samples["rss"], default=0), "max": max(samples["rss"], default=0),
@@ -349,8 +375,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="load duration (default 30)")
     p.add_argument("--clients", type=int, default=500, help="concurrent clients (default 500)")
-    p.add_argument("--think", type=float, default=0.2, help="mean pause between operations, s")
-    p.add_argument("--op-timeout", type=float, default=15.0, help="bound of one operation, s")
+    p.add_argument("--think", type=float, default=1.0, help="mean pause between operations, s")
+    p.add_argument("--op-timeout", type=float, default=30.0, help="bound of one operation, s")
     p.add_argument("--sample", type=float, default=1.0, help="RSS/descriptor sampling period, s")
     p.add_argument("--warmup", type=float, default=30.0, help="seconds before the first sample")
     p.add_argument("--settle", type=float, default=60.0, help="max wait for descriptors, s")

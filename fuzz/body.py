@@ -89,8 +89,8 @@ def _pieces(data: bytes, seed: int) -> list[bytes | bytearray | memoryview]:
     wrap = (bytes, bytearray, memoryview)
     i = 0
     while pos < len(data):
-        # Irregular steps (1..13 bytes) so boundaries land inside lines and CRLFs.
-        step = (step * 5 + seed) % 13 + 1
+        # Irregular steps (1..37 bytes) so boundaries land inside lines and CRLFs.
+        step = (step * 5 + seed) % 37 + 1
         out.append(wrap[i % 3](data[pos : pos + step]))
         pos += step
         i += 1

@@ -47,6 +47,8 @@ def test_one_input(data: bytes) -> None:
     assert main is not None and (dgram.target, dgram.header_size) == main
     assert dgram.header_size + len(dgram.payload) == len(data)
     assert dgram.payload == data[dgram.header_size :]
+    if not dgram.target.host.isascii():
+        return  # an IDN is rebuilt in its IDNA form: no byte round trip
     rebuilt = socks5_udp.build_datagram(dgram.target.host, dgram.target.port, dgram.payload)
     assert socks5_udp.parse_datagram(rebuilt) == socks5_udp.UdpDatagram(
         dgram.target, dgram.payload, len(rebuilt) - len(dgram.payload)
