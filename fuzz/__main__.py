@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,9 @@ def run(target: str, flags: list[str], dirs: list[str] | None = None) -> None:
     flags += [f"-artifact_prefix={work}/", "-print_final_stats=1"]
     if dirs is None:
         dirs = [str(work / "corpus"), str(corpus_dir(target))]
-    atheris.Setup([sys.argv[0], *flags, *dirs], module.test_one_input)
+    # libFuzzer's merge re-runs argv[0] as a program: --merge passes an executable wrapper.
+    argv0 = os.environ.get("FUZZ_ARGV0") or sys.argv[0]
+    atheris.Setup([argv0, *flags, *dirs], module.test_one_input)
     atheris.Fuzz()
 
 
@@ -68,13 +71,21 @@ def merge(target: str) -> int:
     libFuzzer exits the process after a merge, so the merge runs in a child process."""
     fresh = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
     work = build_dir(target)
-    argv = [sys.executable, "-m", "fuzz", target, "--dirs", str(fresh),
-            str(corpus_dir(target)), str(work / "corpus"), "-merge=1"]  # fmt: skip
-    code = subprocess.run(argv, check=False, cwd=HERE.parent).returncode  # noqa: S603
+    wrapper = work / "merge-entry"
+    wrapper.write_text(
+        f"#!/bin/sh\ncd {shlex.quote(str(HERE.parent))} && "
+        f"exec {shlex.quote(sys.executable)} -m fuzz {target} --dirs \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    argv = [str(wrapper), str(fresh), str(corpus_dir(target)), str(work / "corpus"), "-merge=1"]
+    env = dict(os.environ, FUZZ_ARGV0=str(wrapper))
+    code = subprocess.run(argv, check=False, env=env).returncode  # noqa: S603
     if code != 0 or not any(fresh.iterdir()):
         print(f"merge failed ({code}); kept corpus unchanged", file=sys.stderr)
         return code or 1
     kept = corpus_dir(target)
+    for crash in kept.glob("crash-*"):  # regressions stay, whatever coverage they add
+        shutil.copy(crash, fresh / crash.name)
     shutil.rmtree(kept)
     shutil.copytree(fresh, kept)
     shutil.rmtree(fresh)
