@@ -50,6 +50,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -137,7 +138,7 @@ def parse_hello(line: bytes) -> Hello:
         raise HelloError(RefusalKind.PROTOCOL, "not an exitgate agent hello")
     try:
         body = json.loads(line[len(MAGIC) :])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # 4 KB of "[" nests too deep
         raise HelloError(RefusalKind.PROTOCOL, "hello is not JSON") from None
     if not isinstance(body, dict):
         raise HelloError(RefusalKind.PROTOCOL, "hello must be a JSON object")
@@ -234,7 +235,7 @@ def parse_reply(line: bytes) -> Reply:
     verb, _, rest = line.partition(b" ")
     try:
         body = json.loads(rest)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if not isinstance(body, dict):
         return Reply(False, kind=RefusalKind.PROTOCOL, reason="garbled hub reply")
@@ -319,6 +320,8 @@ def parse_connect(headers: Headers, max_timeout: float) -> ConnectRequest:
         timeout = float(found.get(H_TIMEOUT, b"") or max_timeout)
     except ValueError:
         timeout = max_timeout
+    if math.isnan(timeout):  # float() takes "nan", which min/max would pass through
+        timeout = max_timeout
     timeout = min(max(timeout, 0.1), max_timeout)
     allow = found.get(H_PRIVATE) == b"allow"
     return ConnectRequest(Target(host, int(port_text)), timeout, allow)
@@ -396,10 +399,9 @@ def classify(headers: Headers, target: Target) -> Answer:
             )
         case _:
             label = sanitise_reason(kind) or "no reason"
-            return Answer(
-                node_failure=f"Agent refused the tunnel ({status.decode('ascii', 'replace')[:3]} "
-                f"{label})"
-            )
+            # The status is the agent's bytes too: sanitised like the label (no control bytes).
+            code = sanitise_reason(status.decode("ascii", "replace")[:3]) or "?"
+            return Answer(node_failure=f"Agent refused the tunnel ({code} {label})")
 
 
 def failure_of(exc: GatewayError) -> Failure:
@@ -419,6 +421,10 @@ def _hostport(raw: bytes) -> tuple[str, int]:
     text = raw.decode("ascii", "replace")
     host, _, port = text.rpartition(":")
     host = host.strip("[]")
+    # The agent's bytes: int() would take "-5", "+5" or "99999", which a SOCKS5 reply cannot
+    # encode; anything but a port number is "unknown".
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 0xFFFF):
+        return ("", 0)
     try:
         return str(ipaddress.ip_address(host)), int(port)
     except ValueError:

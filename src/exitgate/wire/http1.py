@@ -158,7 +158,7 @@ def _find_head(
     while buf.startswith(b"\r\n", start):
         start += 2
         if start > 2 * _MAX_EMPTY_LINES:
-            raise HttpError(400, "too many empty lines before the start line")
+            raise HttpError(status, "too many empty lines before the start line")
     end = buf.find(b"\r\n\r\n", start, max_size)
     if end >= 0:
         return bytes(buf[start : end + 2]), end + 4
