@@ -125,3 +125,38 @@ def test_nodes_show_the_bytes_they_relayed(
     assert busy.id in dgw.gateway.node_bytes
     dgw.call(dgw.service.delete_node(busy.id))
     wait_until(lambda: busy.id not in dgw.gateway.node_bytes)
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None
+    return found.group(1)
+
+
+PUBLIC = "https://8.8.8.8/x"  # passes the destination check; never dialled (never stored)
+
+
+def test_the_webhooks_page_refuses_bad_input_by_name(dgw: GatewayThread, ui: httpx.Client) -> None:
+    """The add form goes through the API's own checks: each refusal names the field, keeps
+    what was typed, and stores nothing. (This gateway keeps `allow_private` off.) The URLs
+    hold literal addresses: no name lookup, and nothing is ever sent (nothing is stored)."""
+    csrf = csrf_of(ui.get("/webhooks").text)
+    org = dgw.org("hooks-http")
+    cases = [
+        ({"url": "ftp://192.0.2.1/x"}, "http"),
+        ({"url": "http://127.0.0.1:9/hook"}, "private"),
+        ({"url": PUBLIC, "events": "no.such.event"}, "unknown event type"),
+        ({"url": PUBLIC, "org_id": "org_missing"}, "unknown organization"),
+        ({"url": PUBLIC + "x" * 2000}, "url"),
+    ]
+    for given, words in cases:
+        answer = ui.post("/webhooks", data={"csrf": csrf, "org_id": org} | given)
+        assert answer.status_code == 422, given
+        flash = re.search(r'<div class="flash error" role="status">([^<]*)</div>', answer.text)
+        assert flash is not None and words in flash.group(1), (given, answer.text[:300])
+        assert 'id="new-secret"' not in answer.text
+    listed = httpx.get(dgw.bound.admin_url + "/v1/webhooks", headers=BEARER).json()
+    assert listed == []
+    # an unknown endpoint or delivery: 404, not a traceback
+    for path in ("/webhooks/whe_nope/test", "/webhook-deliveries/whd_nope/replay"):
+        assert ui.post(path, data={"csrf": csrf}).status_code == 404
