@@ -11,6 +11,7 @@ seconds, so a test event's outcome appears without a reload.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
@@ -30,7 +31,7 @@ HOME = "/webhooks"
 
 
 def _where(endpoint_id: str) -> str:
-    return f"{HOME}?endpoint={endpoint_id}" if endpoint_id else HOME
+    return f"{HOME}?{urlencode({'endpoint': endpoint_id})}" if endpoint_id else HOME
 
 
 def routes(parts: Parts, pages: Pages) -> APIRouter:
