@@ -187,11 +187,14 @@ class Gateway:
         self.history: HistoryWriter | None = None  # the dashboard's per-minute sampler
         self._proxy_bound: tuple[str, int] = ("127.0.0.1", 0)
         self.node_connects: dict[str, NodeConnects] = {}
+        self.node_bytes: dict[str, list[int]] = {}  # node id → [up, down], by ProxyContext
 
     def _on_node(self, node: Node | None, node_id: str) -> None:
         if node is None:
             self.index.remove(node_id)
             self.health.forget(node_id)
+            self.node_bytes.pop(node_id, None)  # per-node figures: as many as there are nodes
+            self.node_connects.pop(node_id, None)
         else:
             self.index.upsert(node)
 
@@ -353,6 +356,7 @@ class Gateway:
             usage=self.usage,
             stats=self.stats,
             accesslog=self.accesslog,
+            node_bytes=self.node_bytes,
         )
         ctx.udp = UdpService.build(
             settings.udp, self.router, policy, settings.exit.connect_timeout, self.hub
@@ -525,9 +529,10 @@ class Gateway:
         parts = Parts(
             self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
             self.history.store, self.history, self.hub, self._proxy_bound,
-            {},  # per-node bytes: to wire on top of the metrics' meters (issue 11 merge)
+            self.node_bytes,
             self.node_connects,
             self.error_log,
+            self.webhooks,
         )
         return Dashboard(parts, self.token, self.settings.dashboard)
 

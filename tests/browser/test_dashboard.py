@@ -32,6 +32,7 @@ from exitgate.store.history import MinuteRow, minute_of
 from tests.support.agents import ThreadAgent, attach_hub, wait_until
 from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.origin import Origin
+from tests.support.receiver import Receiver
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -49,11 +50,22 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
+# Read when the module loads: the autouse `_isolated` fixture removes EXITGATE_* variables
+# and moves into an empty folder before each test (so a relative path is resolved now).
+_SHOTS = os.environ.get("EXITGATE_SCREENSHOTS", "")
+SHOTS = str(Path(_SHOTS).resolve()) if _SHOTS else ""
+
+
+HOOKS = {"allow_private": True, "retry_base": 0.2, "retry_max_delay": 0.4, "timeout": 2.0}
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayThread, Origin]]:
-    gw = GatewayThread(tmp_path_factory.mktemp("dash"), dashboard={"sample_interval": 0.5})
+    gw = GatewayThread(
+        tmp_path_factory.mktemp("dash"),
+        dashboard={"sample_interval": 0.5},
+        webhooks=HOOKS,  # the receivers these tests run listen on loopback
+    )
     origin = Origin()
     try:
         yield gw, origin
@@ -243,6 +255,7 @@ PAGES = {
     "agents": "/agents",
     "sessions": "/sessions",
     "coverage": "/coverage",
+    "webhooks": "/webhooks",
     "tester": "/tester",
 }
 
@@ -282,7 +295,16 @@ def test_every_page_renders_under_the_csp(
     agent = ThreadAgent(hub, "agent-tour-1", token="test-hub-token", flags=Flags(country="nl"))
     request.addfinalizer(agent.stop)  # a live agent thread must not outlive a failed test
     wait_until(lambda: "agent-tour-1" in hub.live)
-    shots = os.environ.get("EXITGATE_SCREENSHOTS", "")
+    receiver = Receiver()  # an endpoint with a delivered test event, for the Webhooks page
+    request.addfinalizer(receiver.stop)
+    with api(gw) as c:
+        org = c.get("/v1/packages/" + package_id).json()["org_id"]
+        body = {"url": receiver.url, "org_id": org, "description": "billing"}
+        made = c.post("/v1/webhooks", json=body | {"events": ["package.usage.threshold"]})
+        assert made.status_code == 201, made.text
+        assert c.post(f"/v1/webhooks/{made.json()['id']}/test").status_code == 202
+    receiver.wait_for("webhook.test")
+    shots = SHOTS
     if shots:
         seed_history(gw)
     login(page)
@@ -316,6 +338,91 @@ def test_every_page_renders_under_the_csp(
     assert "session tour0 ended" in page.inner_text(".flash")
     assert page.locator("tr[data-session='tour0']").count() == 0
     assert page.locator("tr[data-session='tour1']").count() == 1
+    assert page.problems == []
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def hook_id(gw: GatewayThread, org: str) -> str:
+    with api(gw) as c:
+        (found,) = c.get("/v1/webhooks", params={"org_id": org}).json()
+        return str(found["id"])
+
+
+def test_webhooks_are_managed_in_the_ui(
+    page: Any, site: tuple[GatewayThread, Origin], receiver: Receiver
+) -> None:
+    gw, _ = site
+    org = gw.org("hooks-ui")
+    login(page)
+    page.click("nav >> text=Webhooks")
+    page.select_option("select[name=org_id]", org)
+    page.fill("input[name=url]", receiver.url)
+    page.select_option("select[name=events]", ["package.status.changed", "org.credits.low"])
+    page.click("#add-endpoint button[type=submit]")
+    secret = page.inner_text("#new-secret")  # shown once, in the answer to the form
+    assert secret.startswith("whsec_")
+    endpoint = hook_id(gw, org)
+    row = page.locator(f"tr[data-endpoint='{endpoint}']")
+    assert "org.credits.low, package.status.changed" in row.inner_text()
+    assert "enabled" in row.inner_text()
+    page.goto("/webhooks")  # never again
+    assert secret not in page.content() and page.locator("#new-secret").count() == 0
+    receiver.secret = secret
+
+    # a test event, signed with that secret, shows up delivered in the log (htmx re-reads it)
+    row.locator("button:text-is('Send test')").click()
+    assert "test event queued" in page.inner_text(".flash")
+    (first,) = receiver.wait_for("webhook.test")
+    assert first.verified and first.data == {"endpoint_id": endpoint}
+    log = page.locator("#deliveries tr[data-delivery]")
+    expect(log).to_have_count(1)
+    expect(log.first.locator(".badge")).to_have_text("delivered")
+    text = log.first.inner_text()
+    assert "webhook.test" in text and "200" in text and " ms" in text
+    delivery = log.first.get_attribute("data-delivery")
+
+    # replay: the same message (same webhook-id) again, as a new delivery
+    log.first.locator("button:text-is('Replay')").click()
+    assert f"delivery {delivery} replayed" in page.inner_text(".flash")
+    again = receiver.wait_for("webhook.test", 2)
+    assert again[1].verified and again[1].headers["webhook-id"] == first.headers["webhook-id"]
+    expect(log).to_have_count(2)
+    expect(page.locator(f"#deliveries tr:has-text('replay of {delivery}') .badge")).to_have_text(
+        "delivered"
+    )
+
+    # rotate: a new secret, shown once, signs from now on
+    page.once("dialog", lambda d: d.accept())
+    page.locator(f"tr[data-endpoint='{endpoint}'] button:text-is('Rotate secret')").click()
+    rotated = page.inner_text("#new-secret")
+    assert rotated.startswith("whsec_") and rotated != secret
+    receiver.secret = rotated
+    page.locator(f"tr[data-endpoint='{endpoint}'] button:text-is('Send test')").click()
+    assert receiver.wait_for("webhook.test", 3)[2].verified
+    assert rotated not in page.content()  # the redirect after the test: no secret any more
+
+    # disable: the row says so, with the reason, and the API agrees
+    page.locator(f"tr[data-endpoint='{endpoint}'] button:text-is('Disable')").click()
+    assert f"endpoint {endpoint} disabled" in page.inner_text(".flash")
+    row = page.locator(f"tr[data-endpoint='{endpoint}']")
+    assert "disabled by an operator" in row.inner_text()
+    with api(gw) as c:
+        assert c.get(f"/v1/webhooks/{endpoint}").json()["enabled"] is False
+
+    # a form posted without its CSRF token (or a forged one) is refused and changes nothing
+    for form in ({"enabled": "true"}, {"enabled": "true", "csrf": "forged"}):
+        assert page.request.post(f"/webhooks/{endpoint}/enabled", form=form).status == 403
+    refused = page.request.post("/webhooks", form={"url": receiver.url, "org_id": org})
+    assert refused.status == 403
+    with api(gw) as c:
+        assert c.get(f"/v1/webhooks/{endpoint}").json()["enabled"] is False
+        assert len(c.get("/v1/webhooks", params={"org_id": org}).json()) == 1
     assert page.problems == []
 
 

@@ -214,3 +214,42 @@ def test_agent_details_are_sanitised() -> None:
     headers = failure_headers(Failure.UNREACHABLE, "Evil\r\nX-Header: 1 " + "x" * 500)
     detail = dict(headers)[b"exitgate-detail"].decode()
     assert "\r" not in detail and "\n" not in detail and len(detail) <= 80
+
+
+# -- the agent's version (issue 11: the Agents page shows it) ----------------------------------
+
+
+def test_hello_carries_the_agent_version_and_an_old_hello_still_parses() -> None:
+    hello = Hello("secret", "a-1", ATTRS, "", "0.1.0+g1a2b.dirty")
+    line = encode_hello(hello)
+    assert json.loads(line[len(MAGIC) :])["version"] == "0.1.0+g1a2b.dirty"
+    assert parse_hello(line) == hello
+    old = parse_hello(hello_line())  # an agent from before the field: no version, registered
+    assert old.version == ""
+    # an unknown version is left out of the line: exactly what an older agent sends, which an
+    # older hub (ignoring unknown keys, as this one does) reads the same
+    assert b"version" not in encode_hello(Hello("secret", "a-1", ATTRS, ""))
+    assert parse_hello(hello_line(version=None, extra_future_key=1)).version == ""
+
+
+@pytest.mark.parametrize(
+    "bad", ["v" * 41, "1.0 beta", "-1.0", "1.0\n", "1.0\x00", "versión", 10, ["1"], {"v": 1}, True]
+)
+def test_a_bad_version_is_refused_by_name(bad: object) -> None:
+    with pytest.raises(HelloError) as info:
+        parse_hello(hello_line(version=bad))
+    assert info.value.kind is RefusalKind.INVALID
+    assert info.value.reason.startswith("version ")
+    assert len(info.value.reason) < 200  # a huge value is not echoed whole
+
+
+@given(st.text(max_size=60))
+def test_any_accepted_version_is_short_printable_and_round_trips(version: str) -> None:
+    try:
+        hello = parse_hello(hello_line(version=version))
+    except HelloError:
+        return
+    assert hello.version == version
+    assert len(version) <= 40 and (not version or (version.isascii() and version.isprintable()))
+    assert " " not in version
+    assert parse_hello(encode_hello(hello)) == hello

@@ -34,6 +34,7 @@ from typing import Final
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from exitgate import __version__
 from exitgate.agent.exits import ExitFailure, ExitPolicy, open_target
 from exitgate.agent.identity import Flags, Learned, learn, merge, with_ip
 from exitgate.agent.udp import serve_udp
@@ -187,7 +188,9 @@ class Agent:
     async def _session(self) -> str:
         config = self.config
         host, port = split_hostport(config.hub)
-        hello = encode_hello(Hello(config.token, config.agent_id, self.attrs, self.ip))
+        hello = encode_hello(
+            Hello(config.token, config.agent_id, self.attrs, self.ip, __version__)
+        )
         loop = asyncio.get_running_loop()
         link: HubLink | None = None
         try:

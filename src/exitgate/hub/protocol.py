@@ -11,7 +11,10 @@ phases:
                          "attrs": {"country": "us", "region": "", "city": "new_york",
                                    "isp": "", "asn": 0, "network": "res"}}\\n
 
-   at most `MAX_HELLO` bytes. The hub answers `OK {"id": ..., "ip": ...}\\n` (the id it
+   at most `MAX_HELLO` bytes. An agent since issue 11 also sends `"version": "0.1.0"` (its
+   `exitgate.__version__`, at most `MAX_VERSION` characters of A-Z a-z 0-9 . + _ ~ -); the
+   field is optional both ways: an older agent leaves it out (shown as "-"), and an older hub
+   ignores a key it does not know. The hub answers `OK {"id": ..., "ip": ...}\\n` (the id it
    registered, the address it sees) or `NO {"error": "auth"|"invalid"|"protocol"|"busy",
    "reason": "..."}\\n` and closes. Authenticating before HTTP/2 keeps a stranger cheap: no
    h2 state, no store write, one bounded line buffer.
@@ -64,6 +67,8 @@ MAX_HELLO: Final = 4096
 MAX_NAME: Final = 100
 MAX_TOKEN: Final = 512
 ASN_MAX: Final = 4_294_967_295
+MAX_VERSION: Final = 40
+VERSION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_~-]{0,39}")  # MAX_VERSION in all
 ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_RE: Final = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,253}")
@@ -97,6 +102,7 @@ class Hello:
     agent_id: str
     attrs: NodeAttrs
     ip: str  # the agent's own idea of its public address; "" unknown
+    version: str = ""  # the agent's exitgate version; "" from an agent too old to send it
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,8 @@ def encode_hello(hello: Hello) -> bytes:
             "network": a.network.value,
         },
     }
+    if hello.version:  # left out when unknown: the line an older agent sends
+        body["version"] = hello.version
     return MAGIC + json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -157,9 +165,10 @@ def parse_hello(line: bytes) -> Hello:
     try:
         attrs = attrs_from_json(raw_attrs)
         ip = check_ip(body.get("ip", ""))
+        version = check_version(body.get("version", ""))
     except ValueError as exc:
         raise HelloError(RefusalKind.INVALID, str(exc)) from None
-    return Hello(token, agent_id, attrs, ip)
+    return Hello(token, agent_id, attrs, ip, version)
 
 
 def attrs_from_json(raw: dict[str, Any]) -> NodeAttrs:
@@ -212,6 +221,18 @@ def check_ip(value: object) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ValueError(f"ip {_show(value)} is not an IP address") from None
+
+
+def check_version(value: object) -> str:
+    """An agent's version as shown on the Agents page: short, printable, no spaces."""
+    if value in ("", None):
+        return ""
+    if not isinstance(value, str) or not VERSION_RE.fullmatch(value):
+        raise ValueError(
+            f"version {_show(value)} is not 1-{MAX_VERSION} characters of "
+            "A-Z a-z 0-9 . + _ ~ - (letter or digit first)"
+        )
+    return value
 
 
 def _show(value: object) -> str:

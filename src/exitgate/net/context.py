@@ -53,6 +53,8 @@ class ProxyContext:
     udp: UdpService | None = None
     stats: LiveStats = field(default_factory=LiveStats)  # the live figures /metrics reads
     accesslog: AccessLog | None = None  # None: `[accesslog] target = "off"`
+    # node id → [up, down] relayed (the Nodes page); added once per request, never per chunk
+    node_bytes: dict[str, list[int]] = field(default_factory=dict)
 
     def rejected(
         self,
@@ -113,6 +115,11 @@ class ProxyContext:
         stats.outcome(protocol, code)
         if started:
             stats.observe_request(protocol, ended - started)
+        counted = self.node_bytes.get(route.node.id)
+        if counted is None:
+            counted = self.node_bytes[route.node.id] = [0, 0]
+        counted[0] += meter.up
+        counted[1] += meter.down
         log = self.accesslog
         if log is None:
             return

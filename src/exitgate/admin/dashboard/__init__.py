@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from exitgate.admin.dashboard import api, pages, pool
+from exitgate.admin.dashboard import api, hooks, pages, pool
 from exitgate.admin.dashboard.auth import DashboardGuard, SessionBook
 from exitgate.admin.dashboard.core import HERE, Pages, Parts
 from exitgate.settings import DashboardSettings
@@ -30,6 +30,7 @@ class Dashboard:
     def install(self, app: FastAPI) -> None:
         app.include_router(pages.routes(self.parts, self.pages, self.book, self.token))
         app.include_router(pool.routes(self.parts, self.pages))
+        app.include_router(hooks.routes(self.parts, self.pages))
         app.mount("/static", StaticFiles(directory=HERE / "static"), name="dashboard-static")
         app.add_middleware(DashboardGuard, book=self.book)
 

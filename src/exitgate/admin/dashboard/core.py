@@ -1,7 +1,8 @@
 """What the dashboard reads and writes through, and its template rendering.
 
 `Parts` holds the gateway's own objects: the same `AccountService` and `UsageService` as the
-admin API (so anything the UI does, the API does too), plus the live views the API routes of
+admin API (so anything the UI does, the API does too), the `WebhookService` of
+`/v1/webhooks`, plus the live views the API routes of
 `app.py` read (recorder, session table, node health, hub, live stats, history).
 """
 
@@ -30,6 +31,7 @@ from exitgate.store.history import HistoryStore, HistoryWriter
 if TYPE_CHECKING:
     from exitgate.hub.server import Hub
     from exitgate.store.redis_errors import RedisErrorLog
+    from exitgate.webhooks.service import WebhookService
 
 HERE = Path(__file__).parent
 NAV = (
@@ -40,6 +42,7 @@ NAV = (
     ("/agents", "Agents"),
     ("/sessions", "Live sessions"),
     ("/coverage", "Coverage"),
+    ("/webhooks", "Webhooks"),
     ("/tester", "Proxy tester"),
 )
 
@@ -59,6 +62,7 @@ class Parts:
     node_bytes: dict[str, list[int]]  # node id → [up, down] relayed since start
     node_connects: dict[str, NodeConnects]  # node id → connect counts and times
     shared_errors: RedisErrorLog | None = None  # every instance's recent errors (Redis)
+    webhooks: WebhookService | None = None  # the same service as /v1/webhooks
 
 
 def _bytes(n: float | None) -> str:

@@ -92,7 +92,7 @@ def agents(parts: Parts) -> list[dict[str, Any]]:
                 "agent_id": agent_id,
                 "address": link.peer,
                 "ip": link.ip,
-                "version": getattr(hello, "version", "") or "",
+                "version": hello.version if hello else "",
                 "country": hello.attrs.country if hello else "",
                 "network": hello.attrs.network.value if hello else "",
                 "streams": len(link.streams),
