@@ -480,6 +480,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--mb", type=int, default=256)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep configs and logs in this directory (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "build" / "cluster.json")
     args = parser.parse_args()
     raise_nofile()
@@ -495,7 +497,8 @@ def main() -> None:
                        check=True)
     report: dict[str, Any] = {"machine": machine()}
     stores = Stores()
-    with tempfile.TemporaryDirectory(prefix="egcluster-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="egcluster-") as tmp_dir:
+        tmp = str(args.keep) if args.keep else tmp_dir
         try:
             for part in args.parts.split(","):
                 stores.reset()
