@@ -161,7 +161,7 @@ allow_private = true
 level = "warning"
 {cluster}""")
         self.proc = Proc(f"exitgate-{self.name}", [str(EXITGATE), "serve", "--config", str(conf)],
-                         d / "exitgate.log")
+                         d / "exitgate.log", cwd=d)  # generated secret files land in d
         self.proc.start()
         if not wait_port(self.hub_port, timeout, self.proc.popen):  # type: ignore[arg-type]
             raise RuntimeError(f"{self.name} did not start:\n{self.proc.tail()}")
