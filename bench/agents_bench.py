@@ -105,19 +105,25 @@ class IdleAgent(asyncio.Protocol):
         self.transport.write(self.h2.data_to_send())
 
 
-async def agents_main(port: int, count: int, prefix: str) -> None:
+async def agents_main(port: int, count: int, prefix: str, report_times: bool = False) -> None:
     from exitgate.hub.protocol import Hello, encode_hello
     from exitgate.model import NodeAttrs
 
     loop = asyncio.get_running_loop()
     pending = []
+    first_hello = time.time()
     for i in range(count):
         ready: asyncio.Future[None] = loop.create_future()
         hello = encode_hello(Hello(TOKEN, f"{prefix}-{i}", NodeAttrs(country="us"), ""))
         await loop.create_connection(lambda h=hello, r=ready: IdleAgent(h, r), "127.0.0.1", port)
         pending.append(ready)
+    connected = time.time()
     await asyncio.gather(*pending)
-    print("ready", flush=True)
+    if report_times:  # bench/cluster_bench.py: wall-clock times of the registration
+        print(json.dumps({"first_hello": first_hello, "connected": connected,
+                          "last_ok": time.time()}), flush=True)
+    else:
+        print("ready", flush=True)
     await asyncio.Event().wait()
 
 
@@ -252,13 +258,19 @@ def main() -> None:
     parser.add_argument("--prefix", default="idle")
     parser.add_argument("--mb", type=int, default=256)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--report-times", action="store_true",
+                        help="agents role: print first-hello/all-OK times as JSON, not 'ready'")
     args = parser.parse_args()
     import uvloop
 
     if args.role == "hub":
         uvloop.run(hub_main())
     elif args.role == "agents":
-        uvloop.run(agents_main(args.port, args.agents, args.prefix))
+        import resource  # 10,000 agents need 10,000 descriptors: soft limit up to the hard one
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        uvloop.run(agents_main(args.port, args.agents, args.prefix, args.report_times))
     else:
         report = measure_rss(args.agents, args.idle_seconds)
         report |= measure_throughput(args.mb)

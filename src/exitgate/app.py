@@ -263,7 +263,10 @@ class Gateway:
         )
         self.interlink = Interlink(hub, directory, cluster.token or hub_token)
         host, port = await self.interlink.start(cluster.listen)
-        directory.addr = cluster.advertise or f"{host}:{port}"
+        advertise = cluster.advertise
+        if advertise.endswith(":0"):  # `--workers`: the advertised host, with the port we got
+            advertise = f"{advertise[:-2]}:{port}"
+        directory.addr = advertise or f"{host}:{port}"
         log.info("cluster interlink on %s:%d as %s", host, port, directory.instance)
 
     async def start(self) -> Bound:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from exitgate.settings import Settings
+from exitgate.settings import Settings, split_hostport
 
 log = logging.getLogger("exitgate.supervisor")
 
@@ -64,8 +64,13 @@ def worker_env(index: int, settings: Settings, admin_token: str, hub_token: str)
     env["EXITGATE_HUB_REUSE_PORT"] = "true"
     env["EXITGATE_ADMIN_TOKEN"] = admin_token
     env["EXITGATE_HUB_TOKEN"] = hub_token
-    if not settings.cluster.listen:
-        env["EXITGATE_CLUSTER_LISTEN"] = "127.0.0.1:0"
+    # every worker needs an interlink port of its own: the configured address (or loopback)
+    # with an ephemeral port, advertised with the port it gets
+    cluster = settings.cluster
+    host = split_hostport(cluster.listen)[0] if cluster.listen else "127.0.0.1"
+    shown = split_hostport(cluster.advertise)[0] if cluster.advertise else host
+    env["EXITGATE_CLUSTER_LISTEN"] = f'"{_join(host, 0)}"'
+    env["EXITGATE_CLUSTER_ADVERTISE"] = f'"{_join(shown, 0)}"' if cluster.advertise else '""'
     if index > 0:
         env["EXITGATE_ADMIN_LISTEN"] = '""'  # worker 0 alone serves the admin API
     env["EXITGATE_WORKER_INDEX"] = str(index)
@@ -78,6 +83,10 @@ def _die_with_parent() -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass
