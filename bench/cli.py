@@ -24,8 +24,11 @@ from bench.procs import Proc, raise_nofile
 from bench.report import render
 from bench.scenarios import FULL, QUICK, SCENARIOS, Direct, Runner, cases, one_line
 
-VARIANTS = ("metering_off", "upstream", "agent")
+VARIANTS = ("metering_off", "upstream", "agent", "sessions", "limits")
+SESSIONS = 10_000  # issue 10: distinct session-... usernames, each reused
 VARIANT_NAMES = {
+    "sessions": "exitgate sessions",
+    "limits": "exitgate limits",
     "metering_off": "exitgate metering off",
     "upstream": "exitgate upstream exit (squid)",
     "agent": "exitgate agent exit",
@@ -306,6 +309,12 @@ def _start_exitgate(
             why = next((ln.strip() for ln in lines if "metering" in ln), one_line(exc))
             notes.append(f"metering-off variant skipped: {why}")
             inst.stop()
+    if "sessions" in variants:
+        targets.append(
+            ExitgateTarget(VARIANT_NAMES["sessions"], main_inst, "us", sessions=SESSIONS)
+        )
+    if "limits" in variants:
+        targets.append(ExitgateTarget(VARIANT_NAMES["limits"], main_inst, "us", limited=True))
     if "upstream" in variants:
         targets.append(ExitgateTarget(VARIANT_NAMES["upstream"], main_inst, "de"))
     if "agent" in variants:

@@ -184,7 +184,7 @@ def render(results: Results, meta: dict[str, Any]) -> str:
     if has_eg:
         from bench.targets import render_targets
 
-        out += ["", "## Targets (issue 6)", ""]
+        out += ["", "## Targets (issues 6 and 10)", ""]
         out += render_targets(results)
     probs = problems(results)
     out += ["", "## Errors and reconnects", ""]
