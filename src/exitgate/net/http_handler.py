@@ -141,13 +141,13 @@ async def apply_ban(ctx: ProxyContext, head: RequestHead, admitted: Admitted) ->
         await ctx.connector.ban_requested(admitted, raw.decode("latin-1"))
 
 
-def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
+def node_headers(head: RequestHead, node: Node, exit_conn: Conn) -> str:
     raw = head.get(b"respond-with")
     if not raw:
         return ""
     wanted = {part.strip().lower() for part in raw.decode("latin-1").split(",")}
     values = {
-        "ip": node.ip or seen_ip,
+        "ip": node.ip or exit_conn.sockname[0],
         "country": node.attrs.country,
         "region": node.attrs.region,
         "city": node.attrs.city,
@@ -243,7 +243,8 @@ class HttpSession:
                 self._fail(exc, target.authority, Protocol.HTTPS, close=True)
                 return
             raise
-        extra = node_headers(head, route.node, route.conn.sockname[0])
+        # `Respond-With` is rare: the exit's socket address is asked for only then
+        extra = node_headers(head, route.node, route.conn) if head.get(b"respond-with") else ""
         answer = (
             f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
             + session_header(route)
