@@ -62,6 +62,7 @@ class Instance:
     agent: Proc | None = None
     provisioned: bool = False
     env: dict[str, str] | None = None  # the process environment (bench/cpu_ab.py: PYTHONPATH)
+    prefix: tuple[str, ...] = ()  # a command to run it under (bench/instr.py: valgrind)
 
     def config(self) -> Path:
         d = self.workdir / self.name
@@ -102,7 +103,7 @@ level = "warning"
         conf = self.config()
         self.proc = Proc(
             f"exitgate-{self.name}",
-            [str(EXITGATE), "serve", "--config", str(conf)],
+            [*self.prefix, str(EXITGATE), "serve", "--config", str(conf)],
             conf.parent / "exitgate.log",
             env=self.env,
         )

@@ -143,6 +143,42 @@ TARGETS = [
 ]
 
 
+# issue 10's summary table: (row label, case, metric, the column the ratio is to, unit)
+ISSUE10_ROWS = [
+    ("CONNECT tunnels/s, c=64", "connect_rate c=64", "rate", "squid", ""),
+    ("proxy CPU per tunnel, c=64", "connect_rate c=64", "cpu_ms_per_1k", "", " µs"),
+    ("forward req/s, c=64, keep-alive", "forward_rps c=64", "rate", "squid", ""),
+    ("SOCKS5 tunnels/s, c=64", "socks5_rate c=64", "rate", "dante", ""),
+    ("SOCKS5 proxy CPU per tunnel, c=64", "socks5_rate c=64", "cpu_ms_per_1k", "", " µs"),
+    ("CONNECT + GET p50 at c=1", "connect_rate c=1", "p50_ms", "tinyproxy", " ms"),
+]
+ISSUE10_COLUMNS = ["exitgate", "squid", "tinyproxy", "dante", "floor"]
+
+
+def render_issue10(results: Results) -> list[str]:
+    """The issue's table: each figure with its ratio to the row's reference in parentheses."""
+    out = [
+        "| figure | " + " | ".join(ISSUE10_COLUMNS) + " |",
+        "|---|" + "---:|" * len(ISSUE10_COLUMNS),
+    ]
+    for label, case, metric, ref, unit in ISSUE10_ROWS:
+        per: dict[str, Any] = results.get(case, {})
+        base = median(per.get(ref, []), metric) if ref else None
+        cells = []
+        for col in ISSUE10_COLUMNS:
+            v = median(per.get(col, []), metric)
+            if v is None:
+                cells.append("-")
+                continue
+            text = f"{v:,.0f}{unit}" if v >= 100 else f"{v:.3g}{unit}"
+            if base:
+                text += f" ({v / base:.2f})"
+            cells.append(text)
+        title = f"{label} (ratio to {ref})" if ref else label
+        out.append(f"| {title} | " + " | ".join(cells) + " |")
+    return out
+
+
 def render_targets(results: Results) -> list[str]:
     out = [
         "| target | measured | required | met |",
