@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = f"{n / b:.3f}" if b else "n/a"
                 print(f"| {mode} | {label} | {b:.0f} | {n:.0f} | {ratio} |")
     finally:
-        for s in reversed(stop):
-            s.stop()
+        for started in reversed(stop):
+            started.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

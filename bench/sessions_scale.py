@@ -49,7 +49,7 @@ async def run(total: int, lookups: int) -> None:
     gc.collect()
     base = rss_bytes()
     checkpoints = {10**k for k in range(3, 10) if 10**k <= total} | {total}
-    rows = []
+    rows: list[tuple[int, float, float, float | None]] = []
     now = time.monotonic()
     t0 = time.perf_counter()
     for i in range(total):
@@ -64,13 +64,13 @@ async def run(total: int, lookups: int) -> None:
             rows.append((i + 1, grown / (i + 1), fill_us, None))
         keys.append(key)
         if i + 1 in checkpoints:
-            us = await lookup_us(store, keys, lookups)
+            get_us = await lookup_us(store, keys, lookups)
             size, per, fill, _ = rows[-1]
-            rows[-1] = (size, per, fill, us)
+            rows[-1] = (size, per, fill, get_us)
     print("| live sessions | bytes per session (RSS) | record µs (mean so far) | get µs |")
     print("|---:|---:|---:|---:|")
-    for size, per, fill, us in rows:
-        print(f"| {size:,} | {per:,.0f} | {fill:.2f} | {us:.2f} |")
+    for size, per, fill, shown in rows:
+        print(f"| {size:,} | {per:,.0f} | {fill:.2f} | {shown or 0.0:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
