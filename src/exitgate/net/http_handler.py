@@ -32,6 +32,7 @@ from exitgate.net.body_pump import BodyError, pump_message_body
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
+from exitgate.net.deadline import within
 from exitgate.net.relay import start_tunnel
 from exitgate.routing.domains import BAN_HEADER
 from exitgate.tasks import spawn
@@ -477,7 +478,7 @@ class HttpSession:
         self, upstream: Conn, request: RequestHead, node: Node, target: Target
     ) -> bool:
         try:
-            async with asyncio.timeout(self.ctx.exit.response_timeout):
+            with within(self.ctx.exit.response_timeout):
                 while True:
                     parsed = parse_response_head(upstream.buffer)
                     if parsed is None:
