@@ -24,8 +24,11 @@ from bench.procs import Proc, raise_nofile
 from bench.report import render
 from bench.scenarios import FULL, QUICK, SCENARIOS, Direct, Runner, cases, one_line
 
-VARIANTS = ("metering_off", "upstream", "agent")
+VARIANTS = ("metering_off", "upstream", "agent", "sessions", "limits")
+SESSIONS = 10_000  # issue 10: distinct session-... usernames, each reused
 VARIANT_NAMES = {
+    "sessions": "exitgate sessions",
+    "limits": "exitgate limits",
     "metering_off": "exitgate metering off",
     "upstream": "exitgate upstream exit (squid)",
     "agent": "exitgate agent exit",
@@ -62,6 +65,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-select", action="store_true", help="skip bench/select_bench.py")
     p.add_argument("--reps", type=int, help="repetitions per cell (default 3, --quick 1)")
     p.add_argument("--seconds", type=float, help="measuring window of rate scenarios")
+    p.add_argument(
+        "--idle-count",
+        type=int,
+        help="idle_tunnels: tunnels to hold (default 5000; one client to one proxy port is "
+        "bounded by the ephemeral port range, ~28,000 by default)",
+    )
     p.add_argument("--no-setup", action="store_true", help="do not install or build anything")
     p.add_argument("--setup-only", action="store_true", help="install and build, then stop")
     p.add_argument("--out", type=Path, help="report path (default bench/RESULTS.md for a full run)")
@@ -133,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, reps=args.reps)
     if args.seconds:
         sizes = dataclasses.replace(sizes, seconds=args.seconds)
-    nofile = raise_nofile()
+    if args.idle_count:
+        sizes = dataclasses.replace(sizes, idle_count=args.idle_count)
+    nofile = raise_nofile(2 * sizes.idle_count + 2000)
     if nofile < 2 * sizes.idle_count + 2000:
         log(f"warning: descriptor limit {nofile} is low for {sizes.idle_count} idle tunnels")
     if not args.no_setup:
@@ -306,6 +317,12 @@ def _start_exitgate(
             why = next((ln.strip() for ln in lines if "metering" in ln), one_line(exc))
             notes.append(f"metering-off variant skipped: {why}")
             inst.stop()
+    if "sessions" in variants:
+        targets.append(
+            ExitgateTarget(VARIANT_NAMES["sessions"], main_inst, "us", sessions=SESSIONS)
+        )
+    if "limits" in variants:
+        targets.append(ExitgateTarget(VARIANT_NAMES["limits"], main_inst, "us", limited=True))
     if "upstream" in variants:
         targets.append(ExitgateTarget(VARIANT_NAMES["upstream"], main_inst, "de"))
     if "agent" in variants:
@@ -369,6 +386,7 @@ def _default_out(
         and not args.no_exitgate
         and not args.reps
         and not args.seconds
+        and not args.idle_count
         and not args.profile
     )
     if full:

@@ -57,9 +57,12 @@ class Instance:
     admin_port: int = 0
     hub_port: int = 0
     key: str = ""
+    limited_key: str = ""  # a second package with rps and concurrency limits (variant "limits")
     proc: Proc | None = None
     agent: Proc | None = None
     provisioned: bool = False
+    env: dict[str, str] | None = None  # the process environment (bench/cpu_ab.py: PYTHONPATH)
+    prefix: tuple[str, ...] = ()  # a command to run it under (bench/instr.py: valgrind)
 
     def config(self) -> Path:
         d = self.workdir / self.name
@@ -100,8 +103,9 @@ level = "warning"
         conf = self.config()
         self.proc = Proc(
             f"exitgate-{self.name}",
-            [str(EXITGATE), "serve", "--config", str(conf)],
+            [*self.prefix, str(EXITGATE), "serve", "--config", str(conf)],
             conf.parent / "exitgate.log",
+            env=self.env,
         )
         self.proc.start()
         deadline = time.monotonic() + timeout
@@ -128,6 +132,15 @@ level = "warning"
             org = _call(self.admin_port, "POST", "/v1/orgs", {"name": "bench", "credits": None})
             pkg = _call(self.admin_port, "POST", "/v1/packages", {"org_id": org["id"]})
             self.key = pkg["key"]
+            # Limits high enough never to refuse the benchmark's load: what is measured is
+            # what checking them costs per connection (in-process limiter store).
+            limited = _call(
+                self.admin_port,
+                "POST",
+                "/v1/packages",
+                {"org_id": org["id"], "rps_limit": 1_000_000, "concurrency_limit": 100_000},
+            )
+            self.limited_key = limited["key"]
             _call(
                 self.admin_port,
                 "POST",
@@ -206,15 +219,25 @@ level = "warning"
 class ExitgateTarget(Server):
     """An exitgate instance seen through one proxy username (one exit kind)."""
 
-    def __init__(self, name: str, instance: Instance, country: str, with_agent: bool = False):
+    def __init__(
+        self,
+        name: str,
+        instance: Instance,
+        country: str,
+        with_agent: bool = False,
+        sessions: int = 0,
+        limited: bool = False,
+    ):
         super().__init__(name, "Python", frozenset({CONNECT, FORWARD, SOCKS5}))
         self.instance = instance
         self.user = f"country-{country}"
         self.with_agent = with_agent
+        self.sessions = sessions  # > 0: the load generator cycles over this many sessions
+        self.limited = limited  # the package with rps and concurrency limits
 
     def refresh(self) -> None:
         self.port = self.instance.proxy_port
-        self.password = self.instance.key
+        self.password = self.instance.limited_key if self.limited else self.instance.key
         self.proc = self.instance.proc
         self.extra_pids = [self.instance.agent] if self.with_agent and self.instance.agent else []
 

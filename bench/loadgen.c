@@ -74,6 +74,7 @@ static struct {
     char target_str[64];
     char auth_b64[700];
     char user[256], pass[256];
+    long sessions; /* > 0: usernames USER-session-sK, K cycling over this many */
     int conc;
     long count;
     double duration, warmup, timeout, hold, max_seconds;
@@ -223,13 +224,31 @@ static void fail(conn_t *c, enum err e) {
     if (cfg.mode == M_THROUGHPUT) bulk_done++; /* a failed tunnel is finished too */
 }
 
+/* --sessions N: each tunnel (or forwarded request) names the next of N sessions in turn, so
+ * every session is reused N-th tunnel after N-th tunnel. Otherwise the fixed --user. */
+static long sess_next;
+static const char *next_user(char *buf, size_t n) {
+    if (cfg.sessions <= 0) return cfg.user;
+    snprintf(buf, n, "%s-session-s%ld", cfg.user, sess_next++ % cfg.sessions);
+    return buf;
+}
+
+static const char *next_auth_b64(char *out /* 700 */) {
+    char u[300], up[600];
+    if (cfg.sessions <= 0) return cfg.auth_b64;
+    snprintf(up, sizeof up, "%s:%s", next_user(u, sizeof u), cfg.pass);
+    b64((const unsigned char *)up, strlen(up), out);
+    return out;
+}
+
 static int send_get(conn_t *c) {
+    char ab[700];
     char req[WBUF];
     int n;
     if (cfg.mode == M_FORWARD && cfg.via == V_HTTP)
         n = snprintf(req, sizeof req,
                      "GET http://%s/ HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n",
-                     cfg.target_str, cfg.target_str, cfg.auth_b64);
+                     cfg.target_str, cfg.target_str, next_auth_b64(ab));
     else if (cfg.mode == M_FORWARD)
         n = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", cfg.target_str);
     else /* one request, then close: say so, and the origin closes first. Its side then holds
@@ -266,7 +285,7 @@ static void tunnel_ready(conn_t *c) {
 }
 
 static void begin_tunnel(conn_t *c) {
-    char req[WBUF];
+    char req[WBUF], ab[700];
     int n;
     c->t_op = now_ns();
     ep_set(c, EPOLLIN);
@@ -282,7 +301,7 @@ static void begin_tunnel(conn_t *c) {
     if (cfg.via == V_HTTP) {
         n = snprintf(req, sizeof req,
                      "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n",
-                     cfg.target_str, cfg.target_str, cfg.auth_b64);
+                     cfg.target_str, cfg.target_str, next_auth_b64(ab));
         c->st = ST_HTTP_CONNECT;
         if (queue_w(c, req, (size_t)n) < 0) fail(c, E_IO);
     } else {
@@ -418,10 +437,13 @@ static void on_readable(conn_t *c) {
                 consume(c, 2);
                 {
                     unsigned char a[520];
-                    size_t ul = strlen(cfg.user), pl = strlen(cfg.pass), o = 0;
+                    char ub[300];
+                    const char *user = next_user(ub, sizeof ub);
+                    size_t ul = strlen(user), pl = strlen(cfg.pass), o = 0;
+                    if (ul > 255) ul = 255;
                     a[o++] = 1;
                     a[o++] = (unsigned char)ul;
-                    memcpy(a + o, cfg.user, ul);
+                    memcpy(a + o, user, ul);
                     o += ul;
                     a[o++] = (unsigned char)pl;
                     memcpy(a + o, cfg.pass, pl);
@@ -917,6 +939,7 @@ static void usage(void) {
             "  --via http|socks5|none  tunnel kind (none: straight to --target)\n"
             "  --target HOST:PORT   the origin\n"
             "  --user U --pass P    proxy credentials (Basic / RFC 1929)\n"
+            "  --sessions N         username U-session-sK, K cycling over N sessions\n"
             "  -c N                 concurrency (tunnels for throughput, openers for idle)\n"
             "  -n N                 idle: number of tunnels\n"
             "  -d SECONDS           rate modes: measuring window (5)\n"
@@ -971,6 +994,7 @@ int main(int argc, char **argv) {
         }
         else if (!strcmp(a, "--user")) snprintf(cfg.user, sizeof cfg.user, "%s", v);
         else if (!strcmp(a, "--pass")) snprintf(cfg.pass, sizeof cfg.pass, "%s", v);
+        else if (!strcmp(a, "--sessions")) cfg.sessions = atol(v);
         else if (!strcmp(a, "-c")) cfg.conc = atoi(v);
         else if (!strcmp(a, "-n")) cfg.count = atol(v);
         else if (!strcmp(a, "-d")) cfg.duration = atof(v);

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.install import DANTE_PASS, DANTE_USER, PEERS_VENV
+from bench.install import DANTE_PASS, DANTE_USER, PEERS_VENV, ROOT
 from bench.procs import Proc, free_port, wait_port
 
 USER = "country-us"
@@ -220,10 +220,41 @@ class Pproxy(Server):
         )
 
 
+class Floor(Server):
+    """The Python floor (bench/floorproxy.py): uvloop callbacks, one fixed credential, relay.
+
+    Runs on the project's venv (it needs only uvloop). It tunnels (CONNECT and SOCKS5) but
+    does not forward, so it has no forward_rps cell.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("floor", "Python", frozenset({CONNECT, SOCKS5}))
+
+    def start(self, workdir: Path) -> None:
+        self.port = self.port or free_port()  # a restart keeps the port
+        script = Path(__file__).with_name("floorproxy.py")
+        python = ROOT / ".venv" / "bin" / "python"
+        self._launch([str(python), str(script), str(self.port), self.user, self.password], workdir)
+
+    def version(self) -> str:
+        return (
+            "bench/floorproxy.py (uvloop "
+            + _first_line(
+                [
+                    str(ROOT / ".venv" / "bin" / "python"),
+                    "-c",
+                    "import uvloop; print(uvloop.__version__)",
+                ]
+            )
+            + ")"
+        )
+
+
 PEERS: dict[str, Callable[[], Server]] = {
     "squid": Squid,
     "tinyproxy": Tinyproxy,
     "dante": Dante,
     "proxy.py": ProxyPy,
     "pproxy": Pproxy,
+    "floor": Floor,
 }

@@ -20,9 +20,15 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def raise_nofile() -> int:
-    """Lift the soft descriptor limit to the hard one; children inherit it."""
+def raise_nofile(want: int = 0) -> int:
+    """Lift the soft descriptor limit to the hard one; children inherit it. As root, also
+    lift the hard limit to `want` when it is lower (the idle-tunnel scale figure holds tens
+    of thousands of sockets in one process)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if want > hard:
+        with contextlib.suppress(ValueError, OSError):  # not root: keep the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            soft, hard = want, want
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -182,9 +182,11 @@ def render(results: Results, meta: dict[str, Any]) -> str:
         ]
         out += table(results, "exitgate", ["exitgate", *variants], variants, "exitgate")
     if has_eg:
-        from bench.targets import render_targets
+        from bench.targets import render_issue10, render_targets
 
-        out += ["", "## Targets (issue 6)", ""]
+        out += ["", "## Issue 10's table", ""]
+        out += render_issue10(results)
+        out += ["", "## Targets (issues 6 and 10)", ""]
         out += render_targets(results)
     probs = problems(results)
     out += ["", "## Errors and reconnects", ""]

@@ -125,6 +125,9 @@ class Runner:
             mode = "idle"
         argv = [str(self.loadgen), str(mode), "--target", self.origin, *_via(target, case)]
         argv += ["--user", target.user, "--pass", target.password]
+        sessions = getattr(target, "sessions", 0)  # exitgate's sessions variant
+        if sessions and mode in ("connect", "forward"):
+            argv += ["--sessions", str(sessions)]
         if mode in ("connect", "forward"):
             argv += ["-c", str(case.conc), "-d", str(s.seconds), "--warmup", str(s.warmup)]
             argv += ["--max-seconds", str(s.seconds + s.warmup + 30)]

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
 from exitgate.errors import Code, GatewayError
-from exitgate.model import AuthMode, Org, Package, PackageStatus, Protocol, Target, parse_ip
+from exitgate.model import (
+    AuthMode,
+    Network,
+    Org,
+    Package,
+    PackageStatus,
+    Protocol,
+    Target,
+    parse_ip,
+)
 from exitgate.policy.authguard import AuthThrottle
 from exitgate.routing.select import Filters, filters_for
 from exitgate.rules import Catalogue, Entitlements, Rules, parse_rules
@@ -42,6 +51,10 @@ from exitgate.store.sessions import NO_TIMINGS, SessionTimings
 
 MAIL_PORTS = frozenset({25, 465, 587})
 ANY_RULES = "country-any"
+# Gate 4's memo: (username, package rule and network entitlements) → parsed rules, legacy
+# timings and node filters. Bounded: cleared whole when full (10,000 live sessions fit).
+PARSED_CACHE_SIZE = 16_384
+_Parsed = tuple[Rules, SessionTimings, Filters]
 
 
 class Directory(TypingProtocol):
@@ -148,6 +161,13 @@ class Admission:
     credits_exhausted: Callable[[Org], bool] = _pool_empty
     # brute-force defence: a blocked address is refused before any key is looked at
     throttle: AuthThrottle | None = None
+    # gate 4's memo (see PARSED_CACHE_SIZE); valid for one catalogue object, emptied when the
+    # directory's catalogue is replaced. A package change needs no hook: its entitlements
+    # are part of the key, and every other gate reads the package afresh per request.
+    _parsed: dict[tuple[str, frozenset[str] | None, frozenset[Network]], _Parsed] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _parsed_catalogue: Catalogue | None = field(default=None, init=False, repr=False)
 
     # -- gates 1 and 2 ----------------------------------------------------------------------
     def authenticate(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
@@ -238,18 +258,36 @@ class Admission:
         if protocol not in package.protocols:
             raise GatewayError(Code.DISALLOWED, f"Protocol {protocol} not in allowed list")
         self.destinations.check(target)
-        entitlements = Entitlements(rules=package.rules, networks=package.networks)
-        timings = NO_TIMINGS
-        if is_legacy(identity.username):
-            legacy = parse_legacy(identity.username, self.directory.catalogue, entitlements)
-            rules, timings = legacy.rules, legacy.timings
-        else:
-            rules = parse_rules(identity.username, self.directory.catalogue, entitlements)
+        rules, timings, filters = self._rules(identity.username, package)
         lease = await self.limits(package)
         try:
             self.sessions(package, rules)
         except BaseException:
             lease.release()
             raise
-        filters = filters_for(rules, package.networks)
         return Admitted(package, rules, target, protocol, filters, lease, timings)
+
+    def _rules(self, username: str, package: Package) -> _Parsed:
+        """Gate 4, memoised: parsing is a pure function of the username, the package's
+        entitlements and the catalogue. A refusal is not memoised (it raises each time)."""
+        catalogue = self.directory.catalogue
+        cache = self._parsed
+        if catalogue is not self._parsed_catalogue:
+            cache.clear()
+            self._parsed_catalogue = catalogue
+        key = (username, package.rules, package.networks)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        entitlements = Entitlements(rules=package.rules, networks=package.networks)
+        timings = NO_TIMINGS
+        if is_legacy(username):
+            legacy = parse_legacy(username, catalogue, entitlements)
+            rules, timings = legacy.rules, legacy.timings
+        else:
+            rules = parse_rules(username, catalogue, entitlements)
+        parsed = (rules, timings, filters_for(rules, package.networks))
+        if len(cache) >= PARSED_CACHE_SIZE:
+            cache.clear()
+        cache[key] = parsed
+        return parsed

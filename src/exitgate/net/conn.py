@@ -39,6 +39,7 @@ class Conn(asyncio.Protocol):
         "_drain_waiter",
         "_on_made",
         "_paused_reading",
+        "_peername",
         "_read_waiter",
         "_writing_paused",
         "buffer",
@@ -69,6 +70,7 @@ class Conn(asyncio.Protocol):
         self._paused_reading = False
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
+        self._peername: tuple[str, int] | None = None  # asked once: handlers read it often
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,10 +243,15 @@ class Conn(asyncio.Protocol):
     def peername(self) -> tuple[str, int]:
         if self.proxied is not None:
             return self.proxied
+        known = self._peername
+        if known is not None:
+            return known
         if self.transport is None:
             return ("", 0)
         name = self.transport.get_extra_info("peername")
-        return (str(name[0]), int(name[1])) if name else ("", 0)
+        known = (str(name[0]), int(name[1])) if name else ("", 0)
+        self._peername = known
+        return known
 
     # -- relay mode -------------------------------------------------------------------------
     def _close_pair(self) -> None:

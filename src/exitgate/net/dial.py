@@ -30,6 +30,7 @@ from exitgate.admission import DestinationPolicy
 from exitgate.errors import Code, GatewayError, SocksReply
 from exitgate.model import Node, NodeKind, Target, parse_ip
 from exitgate.net.conn import Conn, ConnectionClosed
+from exitgate.net.deadline import within
 from exitgate.wire.upstream import (
     HttpConnectClient,
     Socks5Client,
@@ -94,7 +95,7 @@ class Dialer:
             family = socket.AF_INET if bind.version == 4 else socket.AF_INET6
             local = (node.bind_address, 0)
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            with within(self.connect_timeout):
                 addresses = await self._resolve(target, family)
                 last: OSError | None = None
                 for address in addresses:

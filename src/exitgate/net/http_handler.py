@@ -32,6 +32,7 @@ from exitgate.net.body_pump import BodyError, pump_message_body
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
+from exitgate.net.deadline import within
 from exitgate.net.relay import start_tunnel
 from exitgate.routing.domains import BAN_HEADER
 from exitgate.tasks import spawn
@@ -141,13 +142,13 @@ async def apply_ban(ctx: ProxyContext, head: RequestHead, admitted: Admitted) ->
         await ctx.connector.ban_requested(admitted, raw.decode("latin-1"))
 
 
-def node_headers(head: RequestHead, node: Node, seen_ip: str) -> str:
+def node_headers(head: RequestHead, node: Node, exit_conn: Conn) -> str:
     raw = head.get(b"respond-with")
     if not raw:
         return ""
     wanted = {part.strip().lower() for part in raw.decode("latin-1").split(",")}
     values = {
-        "ip": node.ip or seen_ip,
+        "ip": node.ip or exit_conn.sockname[0],
         "country": node.attrs.country,
         "region": node.attrs.region,
         "city": node.attrs.city,
@@ -243,7 +244,8 @@ class HttpSession:
                 self._fail(exc, target.authority, Protocol.HTTPS, close=True)
                 return
             raise
-        extra = node_headers(head, route.node, route.conn.sockname[0])
+        # `Respond-With` is rare: the exit's socket address is asked for only then
+        extra = node_headers(head, route.node, route.conn) if head.get(b"respond-with") else ""
         answer = (
             f"HTTP/1.1 200 Connection established\r\n{extra}".encode("latin-1")
             + session_header(route)
@@ -476,7 +478,7 @@ class HttpSession:
         self, upstream: Conn, request: RequestHead, node: Node, target: Target
     ) -> bool:
         try:
-            async with asyncio.timeout(self.ctx.exit.response_timeout):
+            with within(self.ctx.exit.response_timeout):
                 while True:
                     parsed = parse_response_head(upstream.buffer)
                     if parsed is None:

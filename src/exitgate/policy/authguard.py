@@ -81,7 +81,10 @@ class AuthThrottle:
 
     def blocked(self, address: str) -> bool:
         """True while `address` cools down (the try is counted as refused)."""
-        record = self._records.get(address_key(address))
+        records = self._records
+        if not records:  # the usual case: nobody failed lately, no address to normalise
+            return False
+        record = records.get(address_key(address))
         if record is None or self.clock() >= record.blocked_until:
             return False
         record.refused += 1

@@ -1,0 +1,120 @@
+"""Before/after of one change to the connection path: two exitgates, interleaved.
+
+    .venv/bin/python -m bench.cpu_ab --base HEAD~1 [--modes connect,socks5,forward]
+                                      [--rounds 5] [--seconds 3] [-c 64]
+
+"base" is the source tree at git revision `--base` (extracted with `git archive` into a
+temporary directory and put first on PYTHONPATH); "new" is the working tree. Both run from
+the project's venv with the same config and provisioning, against the same origin, round by
+round in alternating order (A B, B A, ...), so a busy machine slows both alike. The figure
+that matters is gateway CPU per unit (µs per tunnel or per forwarded request: user+system
+of the gateway process over the whole run, divided by the units done in it); it moves far
+less with other load on the machine than a rate does. Rates are printed too.
+
+Needs bench/build/loadgen (`bench/run --setup-only`). Used for the figures in the commit
+messages of issue 10's optimisations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import install
+from bench.cli import _origin_port
+from bench.gateway import ExitgateTarget, Instance
+from bench.peers import CONNECT, FORWARD, SOCKS5
+from bench.procs import Proc, raise_nofile
+from bench.scenarios import FULL, Case, Runner
+
+MODES = {"connect": CONNECT, "socks5": SOCKS5, "forward": FORWARD}
+SCENARIO = {"connect": "connect_rate", "socks5": "socks5_rate", "forward": "forward_rps"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cpu_ab", description=__doc__)
+    p.add_argument("--base", required=True, help="git revision to compare the working tree with")
+    p.add_argument("--modes", default="connect,socks5,forward")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("-c", type=int, default=64)
+    p.add_argument("--sessions", type=int, default=0, help="username sessions (loadgen)")
+    args = p.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    raise_nofile()
+    install.loadgen()
+    work = Path(tempfile.mkdtemp(prefix="exitgate-ab-"))
+    base_src = work / "base"
+    base_src.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(install.ROOT), "archive", args.base, "src"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
+    env = dict(os.environ, PYTHONPATH=str(base_src / "src"))
+    stop: list[Proc | Instance] = []
+    try:
+        origin = Proc(
+            "origin", [str(install.LOADGEN), "origin", "--max-seconds", "3600"], work / "origin.log"
+        )
+        origin.start()
+        stop.append(origin)
+        port = _origin_port(origin)
+        targets = []
+        for name, e in (("base", env), ("new", None)):
+            inst = Instance(name, work, env=e)
+            inst.start()
+            stop.append(inst)
+            inst.provision(None)
+            t = ExitgateTarget(name, inst, "us", sessions=args.sessions)
+            t.refresh()
+            targets.append(t)
+        sizes = dataclasses.replace(FULL, seconds=args.seconds, warmup=0.5)
+        runner = Runner(install.LOADGEN, f"127.0.0.1:{port}", sizes, log, lambda t: None)
+        for t in targets:
+            runner.warm(t)
+        per: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for r in range(args.rounds):
+            order = targets if r % 2 == 0 else targets[::-1]
+            for mode in modes:
+                case = Case(SCENARIO[mode], f"c={args.c}", MODES[mode], args.c)
+                for t in order:
+                    s = runner._one(t, case)
+                    per.setdefault((mode, t.name), []).append(s)
+                    log(
+                        f"{mode} round {r + 1} {t.name}: rate={s.get('rate', 0):.0f} "
+                        f"cpu_us={s.get('cpu_ms_per_1k', 0):.0f}"
+                    )
+        print(f"| mode (c={args.c}) | figure | base ({args.base}) | new | new ÷ base |")
+        print("|---|---|---:|---:|---:|")
+        for mode in modes:
+            for metric, label in (
+                ("cpu_ms_per_1k", "gateway CPU µs per unit"),
+                ("rate", "units/s"),
+            ):
+                b = statistics.median(float(s.get(metric) or 0) for s in per[(mode, "base")])
+                n = statistics.median(float(s.get(metric) or 0) for s in per[(mode, "new")])
+                ratio = f"{n / b:.3f}" if b else "n/a"
+                print(f"| {mode} | {label} | {b:.0f} | {n:.0f} | {ratio} |")
+    finally:
+        for started in reversed(stop):
+            started.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
