@@ -111,7 +111,7 @@ def hot_path_ns(n: int = 200_000) -> dict[str, float]:
         log = AccessLog("stdout", stats, capacity=capacity) if capacity else None
         if log is not None:
             log.put(("filler",))  # type: ignore[arg-type] - fills the queue; never written
-        ctx = SimpleNamespace(stats=stats, accesslog=log)
+        ctx = SimpleNamespace(stats=stats, accesslog=log, node_bytes={})
         served = ProxyContext.served
         t0 = time.perf_counter()
         for _ in range(n):
