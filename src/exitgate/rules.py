@@ -76,7 +76,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -259,7 +259,6 @@ def _parse(username: str, catalogue: Catalogue, ent: Entitlements) -> Rules:
     raw = username.split("-")
     tokens = [t for t in raw if t]
     names = tokens[0::2]
-    values = tokens[1::2]
 
     # 1. something to target
     if not username:
@@ -270,9 +269,31 @@ def _parse(username: str, catalogue: Catalogue, ent: Entitlements) -> Rules:
             "no targeting rule (country, region, city, isp, asn, network); "
             "use country-any for any exit",
         )
+    given = _pairs(raw, tokens, RULE_NAMES)  # steps 2-4 (their form)
+    rules = _build(given, catalogue)
+    # 5. combinations
+    _check_combinations(rules, onerror_given="onerror" in given)
+    # 6. entitlements
+    _check_entitlements(given, rules, ent)
+    return rules
+
+
+def name_values(username: str, known: Collection[str]) -> dict[str, str]:
+    """Steps 2 to 4 (the form) of any `name-value-...` username whose names are `known`:
+    each name known (ERR_UNKNOWN_PARAM), given once (ERR_DUPLICATE_PARAM), no empty token and
+    a value for every name (ERR_INVALID_VALUE). The legacy form (rules_legacy.py) shares it."""
+    raw = username.split("-")
+    try:
+        return _pairs(raw, [t for t in raw if t], known)
+    except _Reject as reject:
+        raise GatewayError(reject.failure.code, reject.failure.detail) from None
+
+
+def _pairs(raw: list[str], tokens: list[str], known: Collection[str]) -> dict[str, str]:
+    names, values = tokens[0::2], tokens[1::2]
     # 2. known names
     for name in names:
-        if name not in RULE_NAMES:
+        if name not in known:
             raise _Reject(Code.ERR_UNKNOWN_PARAM, name)
     # 3. each name once
     seen: set[str] = set()
@@ -280,18 +301,12 @@ def _parse(username: str, catalogue: Catalogue, ent: Entitlements) -> Rules:
         if name in seen:
             raise _Reject(Code.ERR_DUPLICATE_PARAM, name)
         seen.add(name)
-    # 4. values
+    # 4. values: no empty token, a value for every name
     if len(tokens) != len(raw):
         raise _Reject(Code.ERR_INVALID_VALUE, _empty_token_detail(raw))
     if len(names) > len(values):
         raise _Reject(Code.ERR_INVALID_VALUE, f"missing value for {names[-1]}")
-    given = dict(zip(names, values, strict=True))
-    rules = _build(given, catalogue)
-    # 5. combinations
-    _check_combinations(rules, onerror_given="onerror" in given)
-    # 6. entitlements
-    _check_entitlements(given, rules, ent)
-    return rules
+    return dict(zip(names, values, strict=True))
 
 
 def _empty_token_detail(raw: list[str]) -> str:

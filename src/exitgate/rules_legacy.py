@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from exitgate.errors import Code, GatewayError
-from exitgate.rules import Catalogue, Entitlements, Rules, parse_rules
+from exitgate.rules import Catalogue, Entitlements, Rules, name_values, parse_rules
 from exitgate.store.sessions import NO_TIMINGS, SessionTimings
 
 LEGACY_PREFIX: Final = "package-"
@@ -138,24 +138,9 @@ _cached = functools.lru_cache(maxsize=_CACHE_SIZE)(_outcome)
 
 
 def _parse(username: str, catalogue: Catalogue, ent: Entitlements) -> LegacyUsername:
-    raw = username.split("-")
-    tokens = [t for t in raw if t]
-    names, values = tokens[0::2], tokens[1::2]
-    # 2, 3: known names, each once
-    for name in names:
-        if name not in LEGACY_NAMES:
-            raise GatewayError(Code.ERR_UNKNOWN_PARAM, name)
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise GatewayError(Code.ERR_DUPLICATE_PARAM, name)
-        seen.add(name)
-    # 4: empty tokens, a missing value, then the legacy-only values
-    if len(tokens) != len(raw):
-        raise GatewayError(Code.ERR_INVALID_VALUE, _empty_token_detail(raw))
-    if len(names) > len(values):
-        raise GatewayError(Code.ERR_INVALID_VALUE, f"missing value for {names[-1]}")
-    given = dict(zip(names, values, strict=True))
+    # 2-4: known names, each once, no empty token, a value for each (the native grammar's
+    # form check); then the legacy-only values
+    given = name_values(username, LEGACY_NAMES)
     package_id = given["package"]
     if not _PACKAGE_RE.fullmatch(package_id):
         raise GatewayError(Code.ERR_INVALID_VALUE, package_id)
@@ -194,14 +179,6 @@ def _seconds(value: str) -> int:
     if not _SECONDS_RE.fullmatch(value) or int(value) > _SECONDS_MAX:
         raise GatewayError(Code.ERR_INVALID_VALUE, value)
     return int(value)
-
-
-def _empty_token_detail(raw: list[str]) -> str:
-    for i, token in enumerate(raw):
-        if not token:
-            before = [t for t in raw[:i] if t]
-            return f"empty token after {before[-1]}" if before else "empty token at start"
-    raise AssertionError("unreachable: caller saw an empty token")  # pragma: no cover
 
 
 def _legacy_detail(detail: str, originals: dict[str, str]) -> str:
