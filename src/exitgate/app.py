@@ -40,11 +40,12 @@ from exitgate.hub.server import Hub, build_hub
 from exitgate.model import Node, Package
 from exitgate.net.connect import Connector
 from exitgate.net.context import ProxyContext
+from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
 from exitgate.net.udp_assoc import UdpService
 from exitgate.observe.accesslog import AccessLog
 from exitgate.observe.metrics import Sources, metrics_router
-from exitgate.observe.node_figures import NodeConnects, TimedDialer
+from exitgate.observe.node_figures import ConnectFigures, NodeConnects
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
 from exitgate.recorder import Recorder
@@ -186,7 +187,7 @@ class Gateway:
         self._admin_task: asyncio.Task[None] | None = None
         self.history: HistoryWriter | None = None  # the dashboard's per-minute sampler
         self._proxy_bound: tuple[str, int] = ("127.0.0.1", 0)
-        self.node_connects: dict[str, NodeConnects] = {}
+        self.node_connects: dict[str, NodeConnects] = ConnectFigures()
         self.node_bytes: dict[str, list[int]] = {}  # node id → [up, down], by ProxyContext
 
     def _on_node(self, node: Node | None, node_id: str) -> None:
@@ -332,8 +333,9 @@ class Gateway:
             # several instances on one database: never sweep agents another instance holds
             shared_store=shared,
         )
-        dialer = TimedDialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
-        self.node_connects = dialer.figures  # per-node connect times for the dashboard
+        dialer = Dialer(policy, settings.exit.connect_timeout, agent_dialer=self.hub.dial)
+        figures = ConnectFigures()
+        self.node_connects = figures  # per-node connect times for the dashboard
         self.router = Router(
             self.index, self.health, self.sessions, bans=self.bans, memory=self.bans.memory
         )
@@ -354,7 +356,7 @@ class Gateway:
             proxy=settings.proxy,
             exit=settings.exit,
             admission=admission,
-            connector=Connector(self.index, dialer, self.router, self.stats),
+            connector=Connector(self.index, dialer, self.router, self.stats, figures),
             recorder=self.recorder,
             usage=self.usage,
             stats=self.stats,

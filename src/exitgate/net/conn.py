@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
 
 MAX_BUFFER = 256 * 1024
 WRITE_HIGH_WATER = 512 * 1024
@@ -46,6 +45,7 @@ class Conn(asyncio.Protocol):
         "closed",
         "eof",
         "on_lost",
+        "on_ready",
         "peer",
         "proxied",
         "tap",
@@ -63,6 +63,10 @@ class Conn(asyncio.Protocol):
         self.proxied: tuple[str, int] | None = None
         self.tap: Callable[[int], None] | None = None
         self.on_lost: Callable[[], None] | None = None  # called once the connection is gone
+        # called once, at the first bytes (or EOF, or loss) of read mode: the listener starts a
+        # connection's handler only then, already holding its first bytes (no task and no read
+        # wait for a connection that has sent nothing yet)
+        self.on_ready: Callable[[], None] | None = None
         self._on_made = on_made
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -74,9 +78,8 @@ class Conn(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # stream sockets only
-        transport = self.transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.transport = transport  # type: ignore[assignment]  # stream sockets only
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
         if self._on_made is not None:
             on_made, self._on_made = self._on_made, None
             on_made(self)
@@ -94,6 +97,13 @@ class Conn(asyncio.Protocol):
             self.transport.pause_reading()
             self._paused_reading = True
         self._wake_reader()
+        if self.on_ready is not None:
+            self._ready()
+
+    def _ready(self) -> None:
+        ready, self.on_ready = self.on_ready, None
+        if ready is not None:
+            ready()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -105,6 +115,8 @@ class Conn(asyncio.Protocol):
                 peer.transport.write_eof()
             return True
         self._wake_reader()
+        if self.on_ready is not None:
+            self._ready()
         return True  # half-open: the handler decides when to close
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -115,6 +127,8 @@ class Conn(asyncio.Protocol):
         self.closed = True
         self.eof = True
         self._wake_reader()
+        if self.on_ready is not None:
+            self._ready()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -25,6 +25,7 @@ from exitgate.errors import GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.dial import Dialer, NodeFailure
+from exitgate.observe.node_figures import ConnectFigures
 from exitgate.observe.stats import LiveStats
 from exitgate.routing.domains import domain_of
 from exitgate.routing.failover import Fail, Router
@@ -50,12 +51,18 @@ class Route:
 
 class Connector:
     def __init__(
-        self, index: NodeIndex, dialer: Dialer, router: Router, stats: LiveStats | None = None
+        self,
+        index: NodeIndex,
+        dialer: Dialer,
+        router: Router,
+        stats: LiveStats | None = None,
+        figures: ConnectFigures | None = None,
     ) -> None:
         self.index = index
         self.dialer = dialer
         self.router = router
         self.stats = stats if stats is not None else LiveStats()
+        self.figures = figures if figures is not None else ConnectFigures()  # the dashboard's
 
     async def connect(self, admitted: Admitted, reuse: Reuse | None = None) -> Route:
         """Gates 6 (session rules) and 7 (select, dial, fail over) for one request."""
@@ -85,12 +92,15 @@ class Connector:
                     try:
                         conn = await self.dialer.dial(step.node, admitted.target)
                     except NodeFailure as exc:
+                        self.figures.failed(step.node.id)
                         attempt.failed(exc.detail)
                         continue
                     except GatewayError:
                         await attempt.target_failed()
                         raise
-                    self.stats.observe_connect(step.node.kind, time.monotonic() - dialing)
+                    took = time.monotonic() - dialing
+                    self.stats.observe_connect(step.node.kind, took)
+                    self.figures.connected(step.node.id, took)
                 ok = await attempt.succeeded()
                 return Route(
                     conn, ok.node, ok.session, ok.lease, began, time.monotonic(), ok.node.ip or None

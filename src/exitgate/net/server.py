@@ -103,11 +103,35 @@ class ProxyServer:
         return str(bound[0]), int(bound[1])
 
     def _accepted(self, conn: Conn, mode: Mode) -> None:
-        self._track(spawn(self._handle(conn, mode), "proxy-client"))
+        """A plain (non-TLS) connection: admitted against the caps at once; its handler task
+        starts at its first bytes (`Conn.on_ready`), which are then already in its buffer."""
+        if self.balancers:  # the PROXY header comes first: read in the handler's task
+            self._track(spawn(self._handle(conn, mode), "proxy-client"))
+            return
+        address = conn.peername[0]
+        if not self._admit(conn, mode, True, address):
+            return
+
+        def ready() -> None:
+            self._track(spawn(self._serve(conn, mode, address, True), "proxy-client"))
+
+        conn.on_ready = ready
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _admit(self, conn: Conn, mode: Mode, sniff: bool, address: str) -> bool:
+        """The connection caps; a refused connection is answered by a task of its own."""
+        refused = self.caps.admit(address)
+        if refused is not None:
+            self._track(spawn(self._refuse(conn, mode, sniff, address, refused), "proxy-refuse"))
+            return False
+        self.clients[conn] = address
+        # The handshake deadline runs from accept; each session clears it when its
+        # negotiation is done (and sets its own for later phases).
+        conn.set_deadline(self.ctx.proxy.handshake_timeout)
+        return True
 
     async def _handle(self, conn: Conn, mode: Mode, *, sniff: bool = True) -> None:
         address = conn.peername[0]
@@ -117,14 +141,10 @@ class ProxyServer:
                 conn.close()
                 return
             address = named
-        refused = self.caps.admit(address)
-        if refused is not None:
-            await self._refuse(conn, mode, sniff, address, refused)
-            return
-        self.clients[conn] = address
-        # The handshake deadline runs from accept; each session clears it when its
-        # negotiation is done (and sets its own for later phases).
-        conn.set_deadline(self.ctx.proxy.handshake_timeout)
+        if self._admit(conn, mode, sniff, address):
+            await self._serve(conn, mode, address, sniff)
+
+    async def _serve(self, conn: Conn, mode: Mode, address: str, sniff: bool) -> None:
         try:
             if sniff and mode == "auto" and not conn.buffer:
                 await conn.read_more()

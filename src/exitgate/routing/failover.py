@@ -106,6 +106,9 @@ class Policy(enum.Enum):
     BIND = "bind"
 
 
+_POLICY = {mode: Policy(mode.value) for mode in OnErrorMode}
+
+
 class Attempts:
     """The failure policy of one request, over node ids (see the module docstring)."""
 
@@ -123,12 +126,12 @@ class Attempts:
         if bound and (rules.bind_node or held) and start is not None:
             self.policy = Policy.BIND
         else:
-            self.policy = Policy(mode.value)
+            self.policy = _POLICY[mode]
         self.retries = rules.onerror.retries if mode is OnErrorMode.RETRY else 0
         if held and not rules.bind_node:
             self.retries = max(self.retries, 1)  # bindttl: "errors keep the node / retry"
         self._lookalike = rules.prefer_lookalike
-        self._filters = (filters or Filters()).describe()
+        self._filters = filters or Filters()  # described only in a failure's detail
         self._max_replacements = max_replacements
         self._node = start  # the node the last action was about
         self._first = start  # what replacements resemble
@@ -173,10 +176,12 @@ class Attempts:
         if not self._tried and cooling:
             self._action = Fail(
                 Code.NODE_UNAVAILABLE,
-                f"Every node matching {self._filters} is cooling down after failures",
+                f"Every node matching {self._filters.describe()} is cooling down after failures",
             )
         elif not self._tried:
-            self._action = Fail(Code.NODE_NOT_FOUND, f"No nodes matching {self._filters}")
+            self._action = Fail(
+                Code.NODE_NOT_FOUND, f"No nodes matching {self._filters.describe()}"
+            )
         elif self.policy is Policy.RETRY:
             self._action = Fail(
                 Code.RETRIES_EXHAUSTED,

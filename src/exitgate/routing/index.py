@@ -268,7 +268,11 @@ def _pick(
     random_: Callable[[], float],
 ) -> Node | None:
     """The strategy over an exact candidate list: two distinct uniform picks, lower load."""
-    if excluded and candidates:
+    if excluded and len(candidates) <= _EXCLUDED_DRAWS:
+        # A short list is filtered at once: drawing could not beat one pass over it (a domain
+        # spread over its few exits excludes most of them on every request).
+        candidates = [node for node in candidates if node.id not in excluded]
+    elif excluded and candidates:
         # A few draws usually dodge a handful of excluded ids; filter the list if not.
         first: Node | None = None
         for _ in range(_EXCLUDED_DRAWS):

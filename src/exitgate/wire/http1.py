@@ -34,7 +34,6 @@ Decisions:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import enum
 import re
@@ -435,7 +434,7 @@ def proxy_credentials(head: RequestHead) -> tuple[str, str] | Malformed | None:
     if scheme.lower() != b"basic" or not token:
         return MALFORMED
     try:
-        raw = base64.b64decode(token + b"=" * (-len(token) % 4), validate=True)
+        raw = binascii.a2b_base64(token + b"=" * (-len(token) % 4), strict_mode=True)
         text = raw.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return MALFORMED
