@@ -18,7 +18,8 @@ import ipaddress
 import logging
 import socket
 import ssl
-from typing import Literal
+from collections.abc import Coroutine
+from typing import Any, Literal
 
 from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.net.caps import start_caps
@@ -103,8 +104,10 @@ class ProxyServer:
         return str(bound[0]), int(bound[1])
 
     def _accepted(self, conn: Conn, mode: Mode) -> None:
-        """A plain (non-TLS) connection: admitted against the caps at once; its handler task
-        starts at its first bytes (`Conn.on_ready`), which are then already in its buffer."""
+        """A plain (non-TLS) connection: admitted against the caps at once; it is served from
+        its first bytes on (`Conn.on_ready`), which are then already in its buffer: a SOCKS5
+        negotiation from the connection's callbacks (a task only for its request), HTTP in a
+        task of its own."""
         if self.balancers:  # the PROXY header comes first: read in the handler's task
             self._track(spawn(self._handle(conn, mode), "proxy-client"))
             return
@@ -113,7 +116,17 @@ class ProxyServer:
             return
 
         def ready() -> None:
-            self._track(spawn(self._serve(conn, mode, address, True), "proxy-client"))
+            buffer = conn.buffer
+            if not buffer:  # closed (or timed out) before sending anything
+                self._finish(conn)
+            elif mode == "socks5" or (mode == "auto" and buffer[0] == SOCKS_VERSION):
+                SocksSession(self.ctx, conn).begin(
+                    lambda serve: self._track(spawn(self._guard(conn, serve), "proxy-client")),
+                    lambda: self._finish(conn),
+                )
+            else:
+                session = HttpSession(self.ctx, conn, address)
+                self._track(spawn(self._guard(conn, session.run()), "proxy-client"))
 
         conn.on_ready = ready
 
@@ -142,24 +155,31 @@ class ProxyServer:
                 return
             address = named
         if self._admit(conn, mode, sniff, address):
-            await self._serve(conn, mode, address, sniff)
+            await self._guard(conn, self._dispatch(conn, mode, address, sniff))
 
-    async def _serve(self, conn: Conn, mode: Mode, address: str, sniff: bool) -> None:
+    async def _dispatch(self, conn: Conn, mode: Mode, address: str, sniff: bool) -> None:
+        if sniff and mode == "auto" and not conn.buffer:
+            await conn.read_more()
+        if mode == "socks5" or (sniff and mode == "auto" and conn.buffer[0] == SOCKS_VERSION):
+            await SocksSession(self.ctx, conn).run()
+        else:
+            await HttpSession(self.ctx, conn, address).run()
+
+    async def _guard(self, conn: Conn, serving: Coroutine[Any, Any, None]) -> None:
+        """Run a connection's handler; whatever it leaves open is closed after it."""
         try:
-            if sniff and mode == "auto" and not conn.buffer:
-                await conn.read_more()
-            if mode == "socks5" or (sniff and mode == "auto" and conn.buffer[0] == SOCKS_VERSION):
-                await SocksSession(self.ctx, conn).run()
-            else:
-                await HttpSession(self.ctx, conn, address).run()
+            await serving
         except (ConnectionClosed, TimeoutError, ssl.SSLError, ConnectionError):
             pass
         except Exception:
             log.exception("connection handler failed")
         finally:
-            if not conn.spliced:  # a spliced tunnel leaves through `ctx.on_tunnel_end`
-                self._ended(conn)
-                conn.close()
+            self._finish(conn)
+
+    def _finish(self, conn: Conn) -> None:
+        if not conn.spliced:  # a spliced tunnel leaves through `ctx.on_tunnel_end`
+            self._ended(conn)
+            conn.close()
 
     async def _proxy_protocol(self, conn: Conn, peer: str) -> str | None:
         """With `[proxy] proxy_protocol_from` set: from a listed balancer, read its PROXY header

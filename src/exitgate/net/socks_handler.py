@@ -5,11 +5,21 @@ CONNECT reply (the catalogue's reply byte). A client offering only "no authentic
 accepted when its address is on a package's allowlist, and refused with method 0xFF otherwise
 (recorded as ERR_AUTH_REQUIRED). The whole negotiation must finish within the handshake
 deadline set at accept; the dial has its own (connect) timeout.
+
+The negotiation is one synchronous step function over the sans-IO core (`_step`), with two
+drivers: `begin` runs it from the connection's callbacks (`Conn.on_ready`), so the three
+round trips of a SOCKS5 handshake cost no task and no future, and a task starts only for
+what must await (admission's limits, routing, the dial); `run` awaits the same step function
+for connections that already have a task (TLS and PROXY-protocol listeners).
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, Literal
 
 from exitgate.admission import Identity
 from exitgate.errors import Code, GatewayError, SocksReply
@@ -33,6 +43,16 @@ METHOD_NONE = 0xFF
 CMD_CONNECT = 0x01
 CMD_UDP_ASSOCIATE = 0x03
 
+log = logging.getLogger("exitgate.server")
+
+
+class _Wait(enum.Enum):
+    WAIT = "WAIT"
+
+
+_WAIT: Final = _Wait.WAIT  # `_step`: the negotiation needs more bytes
+Launch = Callable[[Coroutine[Any, Any, None]], None]
+
 
 class SocksSession:
     def __init__(self, ctx: ProxyContext, conn: Conn) -> None:
@@ -42,44 +62,44 @@ class SocksSession:
         self.core = Socks5Server()
         self.udp = False  # the request is a UDP ASSOCIATE (net/udp_assoc.py)
         self.started = 0.0  # time.monotonic() when the CONNECT request arrived
+        self.identity: Identity | None = None  # after a successful RFC 1929 sub-negotiation
 
-    async def _next(self) -> Greeting | Credentials | Request:
+    def _step(self) -> tuple[Identity, Target] | Literal[_Wait.WAIT] | None:
+        """Advance the negotiation over what is buffered: `_WAIT` for more bytes, None when
+        the client was turned away (answered here), or the identity and target of a request.
+        Socks5Error: the peer broke the protocol (its reply is written by the driver)."""
         buffer = self.conn.buffer
+        core = self.core
+        if buffer:
+            core.receive_data(bytes(buffer))
+            buffer.clear()
         while True:
-            if buffer:
-                self.core.receive_data(bytes(buffer))
-                buffer.clear()
-            event = self.core.next_event()
-            if event is not NEED_DATA:
-                return event
-            await self.conn.read_more()
-
-    async def negotiate(self) -> tuple[Identity, Target] | None:
-        """Greeting, authentication and request; None when the client was turned away."""
-        identity: Identity | None = None
-        request: Request | None = None
-        while request is None:
-            event = await self._next()
+            event = core.next_event()
+            if event is NEED_DATA:
+                return _WAIT
             if isinstance(event, Greeting):
                 if not self._greet(event):
                     return None
             elif isinstance(event, Credentials):
                 try:
-                    identity = self.ctx.admission.authenticate(
+                    self.identity = self.ctx.admission.authenticate(
                         (event.username, event.password), self.client
                     )
                 except GatewayError as err:
-                    self.conn.write(self.core.auth_reply(False))
+                    self.conn.write(core.auth_reply(False))
                     self.ctx.rejected(err, protocol=Protocol.SOCKS5, client=self.client)
                     return None
-                self.conn.write(self.core.auth_reply(True))
+                self.conn.write(core.auth_reply(True))
             else:
-                request = event
+                return self._requested(event)
+
+    def _requested(self, request: Request) -> tuple[Identity, Target] | None:
         if request.command != CMD_CONNECT:
             if request.command != CMD_UDP_ASSOCIATE or self.ctx.udp is None:
                 self.conn.write(self.core.reply(SocksReply.COMMAND_NOT_SUPPORTED))
                 return None
             self.udp = True
+        identity = self.identity
         if identity is None:
             # "no authentication" chosen: the allowlist names the package (gates 1-2 now).
             try:
@@ -114,16 +134,43 @@ class SocksSession:
             started=self.started,
         )
 
-    async def run(self) -> None:
-        ctx = self.ctx
+    def begin(self, launch: Launch, finish: Callable[[], None]) -> None:
+        """Negotiate from the connection's callbacks; `launch` gets the coroutine that serves
+        the request, `finish()` is called instead when the connection ends before one."""
         try:
-            negotiated = await self.negotiate()  # under the handshake deadline set at accept
+            negotiated = self._step()
+        except Socks5Error as exc:
+            self.conn.write(exc.reply)
+            negotiated = None
+        except Exception:
+            log.exception("connection handler failed")
+            negotiated = None
+        if negotiated is _WAIT:
+            if self.conn.eof:
+                finish()
+            else:
+                self.conn.on_ready = lambda: self.begin(launch, finish)
+            return
+        self.conn.clear_deadline()
+        if negotiated is None:
+            finish()
+            return
+        launch(self.serve(negotiated))
+
+    async def run(self) -> None:
+        try:
+            while (negotiated := self._step()) is _WAIT:  # under the deadline set at accept
+                await self.conn.read_more()
         except Socks5Error as exc:
             self.conn.write(exc.reply)
             return
         self.conn.clear_deadline()
-        if negotiated is None:
-            return
+        if negotiated is not None:
+            await self.serve(negotiated)
+
+    async def serve(self, negotiated: tuple[Identity, Target]) -> None:
+        """The request, once negotiated: authorize, route, dial, answer, relay."""
+        ctx = self.ctx
         identity, target = negotiated
         self.started = time.monotonic()
         if self.udp:
