@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exitgate.errors import SocksReply
 from exitgate.model import Target
@@ -359,3 +362,25 @@ def test_udp_header_round_trip(target: Target) -> None:
 def test_udp_header_errors(datagram: bytes) -> None:
     with pytest.raises(Socks5Error):
         parse_udp_header(datagram)
+
+
+@given(
+    st.one_of(
+        st.ip_addresses(v=4).map(str),
+        st.text(alphabet="0123456789.", max_size=16),
+        st.lists(st.integers(0, 999).map(str), min_size=4, max_size=4).map(".".join),
+    ),
+    st.integers(0, 0xFFFF),
+)
+def test_reply_address_encoding_agrees_with_ipaddress(host: str, port: int) -> None:
+    """The dotted-quad fast path gives what `ipaddress` gives, and leaves the rest to it."""
+    try:
+        ip: ipaddress.IPv4Address | None = ipaddress.IPv4Address(host)
+    except ValueError:
+        ip = None
+    encoded = encode_address(host, port) if host else None
+    if ip is not None:
+        assert encoded == b"\x01" + ip.packed + port.to_bytes(2, "big")
+    elif encoded is not None:
+        assert encoded[0] == 3  # not an IPv4 literal: sent as a domain
+        assert encoded[2 : 2 + encoded[1]] == host.encode()

@@ -145,6 +145,9 @@ def encode_address(host: str, port: int) -> bytes:
     """ATYP + address + port, as in a reply or a UDP header. Domains are sent as ATYP 3."""
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"port out of range: {port}")
+    packed = _canonical_ipv4(host)
+    if packed is not None:  # the usual reply: a socket's own address, in canonical form
+        return b"\x01" + packed + port.to_bytes(2, "big")
     # Only try an IP parse where one is possible: a failed parse costs more than the rest.
     if ":" in host or host[-1:].isdigit():
         try:
@@ -158,6 +161,21 @@ def encode_address(host: str, port: int) -> bytes:
     if not 0 < len(name) <= 255:
         raise ValueError("domain must be 1..255 bytes")
     return bytes((AddressType.DOMAIN, len(name))) + name + port.to_bytes(2, "big")
+
+
+def _canonical_ipv4(host: str) -> bytes | None:
+    """The 4 bytes of a dotted quad in canonical form (no leading zeros), else None (then
+    `ipaddress` decides): what `ipaddress` would give, without its per-octet parsing."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return None
+    for part in parts:
+        if not (part.isascii() and part.isdigit() and len(part) <= 3) or (
+            part[0] == "0" and len(part) > 1
+        ):
+            return None
+    values = [int(part) for part in parts]
+    return bytes(values) if max(values) <= 255 else None
 
 
 def _address_length(data: bytes | bytearray, at: int) -> int | None:
