@@ -44,6 +44,7 @@ class Conn(asyncio.Protocol):
         "buffer",
         "closed",
         "eof",
+        "expired",
         "on_lost",
         "on_ready",
         "peer",
@@ -57,6 +58,7 @@ class Conn(asyncio.Protocol):
         self.buffer = bytearray()
         self.eof = False
         self.closed = False
+        self.expired = False  # aborted by its deadline (see `set_deadline`)
         self.peer: Conn | None = None
         # the client named by a PROXY protocol header (a load balancer in front): it stands
         # for the socket's peer everywhere (allowlists, logs, errors)
@@ -162,7 +164,7 @@ class Conn(asyncio.Protocol):
         the timer, when it fires, re-arms itself for a deadline that moved (a kept-alive
         connection sets one per request). Cheaper than an `asyncio.timeout` scope around every
         await, or a timer handle made and cancelled per request. An aborted connection makes
-        the pending `read_more` raise `ConnectionClosed`.
+        the pending `read_more` raise `ConnectionClosed`, with `expired` set.
         """
         loop = asyncio.get_running_loop()
         at = loop.time() + delay
@@ -183,6 +185,7 @@ class Conn(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         if loop.time() >= at:
+            self.expired = True
             self.abort()
         else:
             self._deadline = loop.call_at(at, self._deadline_due)

@@ -32,7 +32,6 @@ from exitgate.net.body_pump import BodyError, pump_message_body
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
-from exitgate.net.deadline import within
 from exitgate.net.relay import start_tunnel
 from exitgate.routing.domains import BAN_HEADER
 from exitgate.tasks import spawn
@@ -477,29 +476,31 @@ class HttpSession:
     async def _relay_response(
         self, upstream: Conn, request: RequestHead, node: Node, target: Target
     ) -> bool:
+        # The response head is due within the response timeout: the target connection's own
+        # deadline (a float per request on a kept connection) aborts it when it passes.
+        upstream.set_deadline(self.ctx.exit.response_timeout)
         try:
-            with within(self.ctx.exit.response_timeout):
-                while True:
-                    parsed = parse_response_head(upstream.buffer)
-                    if parsed is None:
-                        await upstream.read_more()
-                        continue
-                    response, used = parsed
-                    upstream.consume(used)
-                    self.status = response.status
-                    if 100 <= response.status < 200 and response.status != 101:
-                        interim = forward_response_head(
-                            response, close=False, client_version=request.version
-                        )
-                        self.conn.write(interim)
-                        self.tick_down(len(interim))
-                        continue
-                    break
-        except TimeoutError:
-            raise GatewayError(
-                Code.GATEWAY_TIMEOUT, f"No response from {target.authority} in time"
-            ) from None
+            while True:
+                parsed = parse_response_head(upstream.buffer)
+                if parsed is None:
+                    await upstream.read_more()
+                    continue
+                response, used = parsed
+                upstream.consume(used)
+                self.status = response.status
+                if 100 <= response.status < 200 and response.status != 101:
+                    interim = forward_response_head(
+                        response, close=False, client_version=request.version
+                    )
+                    self.conn.write(interim)
+                    self.tick_down(len(interim))
+                    continue
+                break
         except ConnectionClosed:
+            if upstream.expired:
+                raise GatewayError(
+                    Code.GATEWAY_TIMEOUT, f"No response from {target.authority} in time"
+                ) from None
             raise GatewayError(
                 Code.TARGET_UNREACHABLE,
                 f"{target.authority} closed the connection without answering",
@@ -507,6 +508,8 @@ class HttpSession:
             ) from None
         except HttpError as exc:
             raise _Malformed(exc.reason, relayed=False) from None
+        finally:
+            upstream.clear_deadline()
         if self.admitted is not None:
             await self.ctx.connector.response_status(self.admitted, node, response.status)
         try:
