@@ -277,7 +277,11 @@ class Router:
     ) -> Attempt:
         """Plan the request: gate 6 (raises GatewayError SESSION_PARAMS_MISMATCH, writing
         nothing), then a due rotation or a ban of the session's node, which moves it."""
-        plan = await self.sessions.plan(package_id, rules, timings)
+        plan = (
+            await self.sessions.plan(package_id, rules, timings)
+            if rules.session is not None  # most requests: no session, nothing to ask
+            else None
+        )
         if plan is not None and plan.degraded:
             chosen = self.rendezvous(plan.key, filters)
             plan = replace(plan, node_id=chosen.id if chosen is not None else None)
@@ -437,7 +441,11 @@ class Attempt:
                         continue
                     self._hold(candidate)
                     try:
-                        node = await self._point(candidate, exclude)
+                        node = (
+                            candidate
+                            if self._plan is None
+                            else await self._point(candidate, exclude)
+                        )
                     except GatewayError as exc:  # a racing first request locked other rules
                         self._drop_held()
                         return Fail(exc.code, exc.detail)
