@@ -32,11 +32,18 @@ from exitgate.net.body_pump import BodyError, pump_message_body
 from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
+from exitgate.net.http_heads import (
+    apply_ban,
+    credentials,
+    exit_header,
+    node_headers,
+    plain_response,
+    read_request_head,
+    session_header,
+)
 from exitgate.net.relay import start_tunnel
-from exitgate.routing.domains import BAN_HEADER
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
-    MALFORMED,
     BodyFramer,
     BodyKind,
     HttpError,
@@ -45,16 +52,12 @@ from exitgate.wire.http1 import (
     connect_target,
     forward_request_head,
     forward_response_head,
-    parse_request_head,
     parse_response_head,
-    proxy_credentials,
     request_body,
     request_keep_alive,
     response_body,
     response_keep_alive,
 )
-
-RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
 
 
 @dataclass(slots=True)
@@ -80,86 +83,6 @@ class _Kept:
     node: Node
     target: Target
     conn: Conn
-
-
-def plain_response(status: int, reason: str, text: str) -> bytes:
-    body = f"{text}\n".encode("ascii", "replace")
-    return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode("ascii") + body
-
-
-async def read_request_head(
-    conn: Conn, max_size: int, finish_within: float | None = None
-) -> RequestHead:
-    """The next request head. With `finish_within`, the head must be complete that many
-    seconds after its first byte (the deadline until then is the caller's: the idle timeout
-    of a kept-alive connection); a head that is there at once costs no timer change."""
-    buffer = conn.buffer
-    while True:
-        parsed = parse_request_head(buffer, max_size)
-        if parsed is not None:
-            head, used = parsed
-            conn.consume(used)
-            return head
-        # Parse again only when a line may have ended: a head trickling in byte by byte
-        # must not cost a full re-parse per byte.
-        while True:
-            if finish_within is not None and buffer:
-                conn.set_deadline(finish_within)
-                finish_within = None
-            seen = len(buffer)
-            await conn.read_more()
-            if buffer.find(b"\n", max(seen - 1, 0)) != -1 or len(buffer) > max_size:
-                break
-
-
-def credentials(head: RequestHead) -> tuple[str, str] | None:
-    found = proxy_credentials(head)
-    if found is MALFORMED:
-        raise GatewayError(Code.AUTH_FAILED, "Malformed Proxy-Authorization header")
-    return found
-
-
-def session_header(route: Route) -> bytes:
-    """`X-Exitgate-Session: new|kept|rotated|replaced` for requests with a session."""
-    if route.session is None:
-        return b""
-    return b"X-Exitgate-Session: " + route.session.value.encode() + b"\r\n"
-
-
-def exit_header(route: Route) -> bytes:
-    """`X-Exitgate-Node: <uid>`: the exit that served, for `X-Exitgate-Ban` (issue 13)."""
-    return b"X-Exitgate-Node: " + route.node.id.encode("latin-1") + b"\r\n"
-
-
-async def apply_ban(ctx: ProxyContext, head: RequestHead, admitted: Admitted) -> None:
-    """An `X-Exitgate-Ban` request header bans before the request is routed (issue 13)."""
-    raw = head.get(BAN_HEADER)
-    if raw:
-        await ctx.connector.ban_requested(admitted, raw.decode("latin-1"))
-
-
-def node_headers(head: RequestHead, node: Node, exit_conn: Conn) -> str:
-    raw = head.get(b"respond-with")
-    if not raw:
-        return ""
-    wanted = {part.strip().lower() for part in raw.decode("latin-1").split(",")}
-    values = {
-        "ip": node.ip or exit_conn.sockname[0],
-        "country": node.attrs.country,
-        "region": node.attrs.region,
-        "city": node.attrs.city,
-        "isp": node.attrs.isp,
-        "asn": str(node.attrs.asn) if node.attrs.asn else "",
-        "uid": node.id,
-    }
-    return "".join(
-        f"Node-{name.upper() if name in ('ip', 'asn') else name.capitalize()}: {values[name]}\r\n"
-        for name in RESPOND_WITH
-        if name in wanted
-    )
 
 
 class HttpSession:

@@ -1,0 +1,100 @@
+"""What the HTTP edge reads from heads and adds to its answers.
+
+The next request head off a client connection (with its finish deadline), the proxy
+credentials, the `X-Exitgate-Ban` request header, and what exitgate adds to answers: the
+session and exit headers, `Respond-With`'s node fields, and plain-text errors for requests
+too malformed to be a package's.
+"""
+
+from __future__ import annotations
+
+from exitgate.admission import Admitted
+from exitgate.errors import Code, GatewayError
+from exitgate.model import Node
+from exitgate.net.conn import Conn
+from exitgate.net.connect import Route
+from exitgate.net.context import ProxyContext
+from exitgate.routing.domains import BAN_HEADER
+from exitgate.wire.http1 import MALFORMED, RequestHead, parse_request_head, proxy_credentials
+
+RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
+
+
+def plain_response(status: int, reason: str, text: str) -> bytes:
+    body = f"{text}\n".encode("ascii", "replace")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+async def read_request_head(
+    conn: Conn, max_size: int, finish_within: float | None = None
+) -> RequestHead:
+    """The next request head. With `finish_within`, the head must be complete that many
+    seconds after its first byte (the deadline until then is the caller's: the idle timeout
+    of a kept-alive connection); a head that is there at once costs no timer change."""
+    buffer = conn.buffer
+    while True:
+        parsed = parse_request_head(buffer, max_size)
+        if parsed is not None:
+            head, used = parsed
+            conn.consume(used)
+            return head
+        # Parse again only when a line may have ended: a head trickling in byte by byte
+        # must not cost a full re-parse per byte.
+        while True:
+            if finish_within is not None and buffer:
+                conn.set_deadline(finish_within)
+                finish_within = None
+            seen = len(buffer)
+            await conn.read_more()
+            if buffer.find(b"\n", max(seen - 1, 0)) != -1 or len(buffer) > max_size:
+                break
+
+
+def credentials(head: RequestHead) -> tuple[str, str] | None:
+    found = proxy_credentials(head)
+    if found is MALFORMED:
+        raise GatewayError(Code.AUTH_FAILED, "Malformed Proxy-Authorization header")
+    return found
+
+
+def session_header(route: Route) -> bytes:
+    """`X-Exitgate-Session: new|kept|rotated|replaced` for requests with a session."""
+    if route.session is None:
+        return b""
+    return b"X-Exitgate-Session: " + route.session.value.encode() + b"\r\n"
+
+
+def exit_header(route: Route) -> bytes:
+    """`X-Exitgate-Node: <uid>`: the exit that served, for `X-Exitgate-Ban` (issue 13)."""
+    return b"X-Exitgate-Node: " + route.node.id.encode("latin-1") + b"\r\n"
+
+
+async def apply_ban(ctx: ProxyContext, head: RequestHead, admitted: Admitted) -> None:
+    """An `X-Exitgate-Ban` request header bans before the request is routed (issue 13)."""
+    raw = head.get(BAN_HEADER)
+    if raw:
+        await ctx.connector.ban_requested(admitted, raw.decode("latin-1"))
+
+
+def node_headers(head: RequestHead, node: Node, exit_conn: Conn) -> str:
+    raw = head.get(b"respond-with")
+    if not raw:
+        return ""
+    wanted = {part.strip().lower() for part in raw.decode("latin-1").split(",")}
+    values = {
+        "ip": node.ip or exit_conn.sockname[0],
+        "country": node.attrs.country,
+        "region": node.attrs.region,
+        "city": node.attrs.city,
+        "isp": node.attrs.isp,
+        "asn": str(node.attrs.asn) if node.attrs.asn else "",
+        "uid": node.id,
+    }
+    return "".join(
+        f"Node-{name.upper() if name in ('ip', 'asn') else name.capitalize()}: {values[name]}\r\n"
+        for name in RESPOND_WITH
+        if name in wanted
+    )
