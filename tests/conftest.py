@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.support.gateway import GatewayThread
 from tests.support.origin import EchoServer, Origin
+from tests.support.receiver import Receiver
 
 settings.register_profile("ci", max_examples=150, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -49,6 +50,14 @@ def origin() -> Iterator[Origin]:
 @pytest.fixture
 def echo() -> Iterator[EchoServer]:
     server = EchoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A loopback webhook receiver that checks every signature."""
+    server = Receiver()
     yield server
     server.stop()
 

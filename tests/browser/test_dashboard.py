@@ -341,13 +341,6 @@ def test_every_page_renders_under_the_csp(
     assert page.problems == []
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
-
-
 def hook_id(gw: GatewayThread, org: str) -> str:
     with api(gw) as c:
         (found,) = c.get("/v1/webhooks", params={"org_id": org}).json()

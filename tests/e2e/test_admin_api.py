@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from exitgate.admin.api import create_admin_app
 from exitgate.model import NodeKind, NodeState, PackageStatus
 from exitgate.registry import Registry
 from exitgate.services import AccountService
 from exitgate.store.base import open_store
+from tests.support.asgi import serve_asgi
 
 TOKEN = "admin-test-token"
 
@@ -33,12 +29,6 @@ class AdminServer:
     usage: dict[str, dict[str, int]]  # what the usage provider answers, by package id
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve_admin(db: Path) -> Iterator[AdminServer]:
     """Run the admin app in a thread; yield a client; stop the server."""
     store = open_store(f"sqlite:///{db}")
@@ -47,24 +37,12 @@ def serve_admin(db: Path) -> Iterator[AdminServer]:
     service = AccountService(store, registry)
     usage: dict[str, dict[str, int]] = {}
     app = create_admin_app(service, TOKEN, usage_provider=lambda pid: usage.get(pid, {}))
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "admin server did not start"
-        time.sleep(0.01)
-    url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False)
     try:
-        yield AdminServer(url, registry, service, http, usage)
+        with serve_asgi(app) as url:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            with httpx.Client(base_url=url, headers=headers, trust_env=False) as http:
+                yield AdminServer(url, registry, service, http, usage)
     finally:
-        http.close()
-        server.should_exit = True
-        thread.join(10)
         store.close()
 
 

@@ -8,22 +8,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 import exitgate.admin.cli as cli_mod
-from exitgate.admin.cli import node_app, org_app, package_app
 from tests.e2e.test_admin_api import TOKEN, AdminServer, serve_admin
-
-root = typer.Typer()
-root.add_typer(org_app, name="org")
-root.add_typer(package_app, name="package")
-root.add_typer(node_app, name="node")
-
-CLEAN_ENV = {"EXITGATE_ADMIN_TOKEN": None, "EXITGATE_ADMIN_URL": None, "EXITGATE_DATA_DIR": None}
+from tests.support.cli import AdminCli
 
 
 @pytest.fixture
@@ -31,45 +21,12 @@ def api(tmp_path: Path) -> Iterator[AdminServer]:
     yield from serve_admin(tmp_path / "cli.db")
 
 
-class Cli:
-    def __init__(self, api: AdminServer) -> None:
-        self.api = api
-        self.runner = CliRunner()
-
-    def run(
-        self,
-        *args: str,
-        token: str | None = TOKEN,
-        stdin: str | None = None,
-        env: dict[str, str | None] | None = None,
-        admin: str | None = None,
-    ) -> Any:
-        argv = [*args, "--admin", admin or self.api.url]
-        if token is not None:
-            argv += ["--token", token]
-        return self.runner.invoke(root, argv, input=stdin, env={**CLEAN_ENV, **(env or {})})
-
-    def json(self, *args: str, **kw: Any) -> Any:
-        result = self.run(*args, "--json", **kw)
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-        return json.loads(result.stdout)
-
-    def fails(self, *args: str, **kw: Any) -> str:
-        result = self.run(*args, **kw)
-        assert result.exit_code == 1, (result.stdout, result.stderr)
-        assert result.stdout == ""
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-        assert "Traceback" not in result.stderr
-        return lines[0]
-
-
 @pytest.fixture
-def cli(api: AdminServer) -> Cli:
-    return Cli(api)
+def cli(api: AdminServer) -> AdminCli:
+    return AdminCli(api.url, TOKEN)
 
 
-def test_org_commands(cli: Cli) -> None:
+def test_org_commands(cli: AdminCli) -> None:
     org = cli.json("org", "create", "acme", "--credits", "12.5")
     assert org["name"] == "acme" and org["credits"] == 12.5
     assert cli.json("org", "show", org["id"]) == org
@@ -82,7 +39,7 @@ def test_org_commands(cli: Cli) -> None:
     assert cli.fails("org", "show", "org_nope") == "error: 404: org not found: org_nope"
 
 
-def test_package_commands(cli: Cli) -> None:
+def test_package_commands(cli: AdminCli, api: AdminServer) -> None:
     org = cli.json("org", "create", "acme")
     pkg = cli.json(
         "package",
@@ -158,16 +115,16 @@ def test_package_commands(cli: Cli) -> None:
     assert up["traffic_limit_bytes"] == 1000  # untouched
     for command, status in [("pause", "paused"), ("suspend", "suspended"), ("resume", "active")]:
         assert cli.json("package", command, pkg["id"])["status"] == status
-        assert cli.api.registry.package(pkg["id"]).status.value == status  # type: ignore[union-attr]
+        assert api.registry.package(pkg["id"]).status.value == status  # type: ignore[union-attr]
     assert cli.json("package", "update", pkg["id"], "--status", "paused")["status"] == "paused"
 
     rotated = cli.json("package", "rotate-key", pkg["id"])
     assert rotated["id"] == pkg["id"] and rotated["key"] != key
-    assert cli.api.registry.package_by_key(key) is None
-    assert cli.api.registry.package_by_key(rotated["key"]) is not None
+    assert api.registry.package_by_key(key) is None
+    assert api.registry.package_by_key(rotated["key"]) is not None
 
 
-def test_package_errors_are_one_line(cli: Cli) -> None:
+def test_package_errors_are_one_line(cli: AdminCli) -> None:
     org = cli.json("org", "create", "acme")
     line = cli.fails("package", "create", "--org", org["id"], "--allow-ip", "10.0.0.0/99")
     assert line == "error: 422: ip_allowlist.0: Value error, must be an IP address or CIDR network"
@@ -183,7 +140,7 @@ def test_package_errors_are_one_line(cli: Cli) -> None:
     assert cli.fails("package", "rotate-key", "../orgs").startswith("error: 404")
 
 
-def test_node_commands_keep_the_url_secret(cli: Cli) -> None:
+def test_node_commands_keep_the_url_secret(cli: AdminCli, api: AdminServer) -> None:
     url = "socks5://alice:s3cret@127.0.0.1:1080"
     result = cli.run(
         "node",
@@ -206,7 +163,7 @@ def test_node_commands_keep_the_url_secret(cli: Cli) -> None:
     node = json.loads(result.stdout)
     assert node["url"] == "socks5://alice:***@127.0.0.1:1080" and "s3cret" not in result.stdout
     assert (node["country"], node["city"], node["asn"]) == ("us", "new_york", 7018)
-    assert cli.api.registry.node(node["id"]).url == url  # type: ignore[union-attr]
+    assert api.registry.node(node["id"]).url == url  # type: ignore[union-attr]
 
     direct = cli.json(
         "node", "add", "direct", "--bind", "127.0.0.2", "--country", "de", "--state", "offline"
@@ -223,7 +180,7 @@ def test_node_commands_keep_the_url_secret(cli: Cli) -> None:
     assert (drained["state"], drained["isp"]) == ("draining", "at_t")
     gone = cli.json("node", "remove", direct["id"])
     assert gone == {"id": direct["id"], "removed": True}
-    assert cli.api.registry.node(direct["id"]) is None
+    assert api.registry.node(direct["id"]) is None
     assert cli.fails("node", "remove", direct["id"]) == (
         f"error: 404: node not found: {direct['id']}"
     )
@@ -233,7 +190,7 @@ def test_node_commands_keep_the_url_secret(cli: Cli) -> None:
     assert cli.fails("node", "add", "direct", "--country", "xx").startswith("error: 422: country")
 
 
-def test_token_sources_and_failures(cli: Cli, tmp_path: Path) -> None:
+def test_token_sources_and_failures(cli: AdminCli, tmp_path: Path) -> None:
     assert "invalid admin token" in cli.fails("org", "list", token="wrong")
     assert "no admin token" in cli.fails("org", "list", token=None)
     data = tmp_path / "data"
@@ -250,7 +207,7 @@ def test_token_sources_and_failures(cli: Cli, tmp_path: Path) -> None:
     assert TOKEN not in line
 
 
-def test_plain_table_without_rich(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plain_table_without_rich(cli: AdminCli, monkeypatch: pytest.MonkeyPatch) -> None:
     cli.json("org", "create", "acme", "--credits", "1")
     monkeypatch.setitem(sys.modules, "rich.console", None)
     result = cli.run("org", "list")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -13,13 +12,10 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import typer
 import uvicorn
 from fastapi import APIRouter, HTTPException
-from typer.testing import CliRunner
 
 from exitgate.admin.api import create_admin_app
-from exitgate.admin.cli import errors_command, package_app, usage_command
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Network, Package
 from exitgate.policy.metering import GB
@@ -28,16 +24,11 @@ from exitgate.registry import Registry
 from exitgate.services import AccountService, UsageService
 from exitgate.settings import BillingSettings
 from exitgate.store.base import HOUR, AccountStore, UsageDelta, open_store
+from tests.support.cli import AdminCli
 
 T = TypeVar("T")
 TOKEN = "usage-test-token"
 H0 = 1_767_225_600  # 2026-01-01T00:00:00Z
-
-root = typer.Typer()
-root.add_typer(package_app, name="package")
-root.command("usage")(usage_command)
-root.command("errors")(errors_command)
-CLEAN_ENV = {"EXITGATE_ADMIN_TOKEN": None, "EXITGATE_ADMIN_URL": None, "EXITGATE_DATA_DIR": None}
 
 
 @dataclass
@@ -216,30 +207,8 @@ def test_usage_endpoint_validation(server: Server) -> None:
 # -- CLI ---------------------------------------------------------------------------------------
 
 
-class Cli:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.runner = CliRunner()
-
-    def run(self, *args: str) -> Any:
-        argv = [*args, "--admin", self.server.url, "--token", TOKEN]
-        return self.runner.invoke(root, argv, env=CLEAN_ENV)
-
-    def json(self, *args: str) -> Any:
-        result = self.run(*args, "--json")
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-        return json.loads(result.stdout)
-
-    def fails(self, *args: str) -> str:
-        result = self.run(*args)
-        assert result.exit_code == 1, (result.stdout, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-        return str(lines[0])
-
-
 def test_cli_usage_command(server: Server) -> None:
-    cli = Cli(server)
+    cli = AdminCli(server.url, TOKEN)
     pid = server.package()["id"]
     server.store.record_usage([UsageDelta(pid, H0, 10, 20, 2, {"AUTH_FAILED": 1})], {})
     server.run(lambda: server.usage.request(pid))
@@ -258,7 +227,7 @@ def test_cli_usage_command(server: Server) -> None:
 
 
 def test_cli_errors_command(server: Server) -> None:
-    cli = Cli(server)
+    cli = AdminCli(server.url, TOKEN)
     pid = server.package()["id"]
 
     def fail() -> None:
@@ -320,7 +289,7 @@ def test_bad_package_values_are_422_and_change_nothing(server: Server) -> None:
 
 
 def test_bad_cli_values_change_nothing(server: Server) -> None:
-    cli = Cli(server)
+    cli = AdminCli(server.url, TOKEN)
     pkg = server.package(name="keep", concurrency_limit=3)
     pid = pkg["id"]
     before = server.http.get(f"/v1/packages/{pid}").json()

@@ -19,8 +19,9 @@ from exitgate.model import AuthMode
 from exitgate.store import migrate
 from exitgate.store.sql import SqlStore
 from exitgate.store.sql_schema import engine_for
+from tests.e2e.test_admin_api import TOKEN as ADMIN_TOKEN
 from tests.e2e.test_admin_api import serve_admin
-from tests.e2e.test_admin_cli import Cli
+from tests.support.cli import AdminCli
 from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.origin import Origin
 from tests.support.socks import socks5_connect
@@ -142,7 +143,7 @@ def test_an_older_database_gets_the_column(tmp_path: Path) -> None:
 
 def test_cli_auth_mode(tmp_path: Path) -> None:
     for api in serve_admin(tmp_path / "cli.db"):
-        cli = Cli(api)
+        cli = AdminCli(api.url, ADMIN_TOKEN)
         org = cli.json("org", "create", "acme")
         pkg = cli.json("package", "create", "--org", org["id"], "--auth-mode", "key")
         assert pkg["auth_mode"] == "key"

@@ -3,10 +3,7 @@ against a real gateway: real proxy clients make the errors and sessions the hold
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,21 +12,19 @@ from typing import Any
 import httpx
 import pytest
 import requests
-import uvicorn
-from typer.testing import CliRunner
 
 from exitgate.admin.api import create_admin_app
 from exitgate.admin.api_self import GatewayReads, SelfRates
-from exitgate.cli import app as cli_app
 from exitgate.model import Network, NodeState
 from exitgate.store.base import NodeUpdate
 from exitgate.store.counters import MemoryCounters
 from exitgate.targeting import TargetingCounts
+from tests.support.asgi import serve_asgi
+from tests.support.cli import AdminCli
 from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.origin import Origin
 
 TIMEOUT = 10
-CLEAN_ENV = {"EXITGATE_ADMIN_TOKEN": None, "EXITGATE_ADMIN_URL": None, "EXITGATE_DATA_DIR": None}
 
 
 def admin(gw: GatewayThread, path: str, token: str = TOKEN, **params: Any) -> httpx.Response:
@@ -75,16 +70,15 @@ def test_admin_catalog_counts_what_is_online_now(gw: GatewayThread) -> None:
 
 def test_cli_catalog(gw: GatewayThread) -> None:
     seed_pool(gw)
-    runner = CliRunner()
-    base = ["catalog", "--admin", gw.bound.admin_url, "--token", TOKEN]
-    out = runner.invoke(cli_app, [*base, "--json", "--country", "de"], env=CLEAN_ENV)
+    cli = AdminCli(gw.bound.admin_url, TOKEN)
+    out = cli.run("catalog", "--json", "--country", "de")
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["cities"] == [{"country": "de", "city": "berlin", "nodes": 1}]
-    table = runner.invoke(cli_app, [*base, "--network", "mob"], env=CLEAN_ENV)
+    table = cli.run("catalog", "--network", "mob")
     assert table.exit_code == 0, table.output
     assert "online nodes: 1" in table.output
     assert "massachusetts" in table.output and "comcast" not in table.output
-    bad = runner.invoke(cli_app, [*base, "--country", "xx"], env=CLEAN_ENV)
+    bad = cli.run("catalog", "--country", "xx")
     assert bad.exit_code == 1 and "error:" in bad.output and "Traceback" not in bad.output
 
 
@@ -194,22 +188,8 @@ def frozen_self_api(gw: GatewayThread) -> Iterator[str]:
         rates=SelfRates(key_rate=1, key_burst=3, address_rate=1, address_burst=8),
         clock=lambda: 1_000_000,
     )
-    app = create_admin_app(g.service, TOKEN, reads=reads)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "admin server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_asgi(create_admin_app(g.service, TOKEN, reads=reads)) as url:
+        yield url
 
 
 def test_rate_limited_per_key_and_per_address(gw: GatewayThread, frozen_self_api: str) -> None:

@@ -8,15 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from exitgate.cli import app
 from tests.e2e.test_webhooks import gateway, pause
 from tests.support.agents import wait_until
+from tests.support.cli import AdminCli
 from tests.support.gateway import TOKEN, GatewayThread
 from tests.support.receiver import Receiver
-
-CLEAN_ENV = {"EXITGATE_ADMIN_TOKEN": None, "EXITGATE_ADMIN_URL": None, "EXITGATE_DATA_DIR": None}
 
 
 @pytest.fixture
@@ -26,22 +23,8 @@ def gw(tmp_path: Path) -> Iterator[GatewayThread]:
     g.stop()
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-def run(gw: GatewayThread, *args: str) -> Any:
-    argv = [*args, "--admin", gw.bound.admin_url, "--token", TOKEN]
-    return CliRunner().invoke(app, argv, env=CLEAN_ENV)
-
-
 def ok(gw: GatewayThread, *args: str) -> str:
-    result = run(gw, *args)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return str(result.stdout)
+    return AdminCli(gw.bound.admin_url, TOKEN).ok(*args)
 
 
 def test_webhook_cli_round_trip(gw: GatewayThread, receiver: Receiver) -> None:
@@ -87,6 +70,6 @@ def test_webhook_cli_errors(gw: GatewayThread) -> None:
         (("webhook", "add", "ftp://x/y"), "url"),
         (("webhook", "add", "http://127.0.0.1:9/", "--event", "nope"), "event"),
     ):
-        result = run(gw, *args)
+        result = AdminCli(gw.bound.admin_url, TOKEN).run(*args)
         assert result.exit_code == 1, (args, result.stdout)
         assert needle in result.stderr and "Traceback" not in result.stderr

@@ -37,13 +37,6 @@ def gateway(tmp: Path, **hooks: Any) -> GatewayThread:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def hgw(tmp_path: Path) -> Iterator[GatewayThread]:
     g = gateway(tmp_path)
     yield g

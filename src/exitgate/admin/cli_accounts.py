@@ -5,21 +5,15 @@ Limits take an integer or `none` (no limit); list options replace the whole list
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from exitgate.admin.cli_common import (
-    DEFAULT_ADMIN_URL,
     SETTINGS,
-    Admin,
     CliError,
-    DataDir,
-    Json,
-    Token,
-    connect,
-    emit,
+    Conn,
+    admin_options,
     given,
     limit_value,
 )
@@ -35,70 +29,55 @@ ORG_COLUMNS = ("id", "name", "credits")
 
 
 @org_app.command("create")
+@admin_options()
 def org_create(
+    conn: Conn,
     name: str,
     *,
     credits: Annotated[
         float | None, typer.Option(help="Credit pool; leave out for unlimited.")
     ] = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Create an organization."""
-    with connect(admin, token, data_dir) as api:
-        emit(api.create_org(name, credits), as_json)
+    with conn.client() as api:
+        conn.emit(api.create_org(name, credits))
 
 
 @org_app.command("list")
-def org_list(
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def org_list(conn: Conn) -> None:
     """List organizations."""
-    with connect(admin, token, data_dir) as api:
-        emit(api.list_orgs(), as_json, ORG_COLUMNS)
+    with conn.client() as api:
+        conn.emit(api.list_orgs(), ORG_COLUMNS)
 
 
 @org_app.command("show")
-def org_show(
-    org_id: str,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def org_show(conn: Conn, org_id: str) -> None:
     """Show one organization."""
-    with connect(admin, token, data_dir) as api:
-        emit(api.get_org(org_id), as_json)
+    with conn.client() as api:
+        conn.emit(api.get_org(org_id))
 
 
 @org_app.command("update")
+@admin_options()
 def org_update(
+    conn: Conn,
     org_id: str,
     *,
     name: Annotated[str | None, typer.Option()] = None,
     credits: Annotated[float | None, typer.Option(help="New credit pool.")] = None,
     unlimited: Annotated[bool, typer.Option("--unlimited", help="Unlimited pool.")] = False,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Rename an organization or change its credits."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         if unlimited and credits is not None:
             raise CliError("--credits and --unlimited exclude each other")
         fields = given(
             name=... if name is None else name,
             credits=None if unlimited else (... if credits is None else credits),
         )
-        emit(api.update_org(org_id, **fields), as_json)
+        conn.emit(api.update_org(org_id, **fields))
 
 
 # -- packages
@@ -140,7 +119,9 @@ AuthModeOpt = Annotated[
 
 
 @package_app.command("create")
+@admin_options()
 def package_create(
+    conn: Conn,
     *,
     org: Annotated[str, typer.Option("--org", help="Owning organization id.")],
     name: Annotated[str, typer.Option()] = "",
@@ -152,13 +133,9 @@ def package_create(
     network: Networks = None,
     rule: Rules = None,
     auth_mode: AuthModeOpt = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Create a package; its key is printed this once."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         fields = given(
             name=name,
             rps_limit=limit_value("--rps", rps),
@@ -171,41 +148,35 @@ def package_create(
             auth_mode=... if auth_mode is None else auth_mode.value,
         )
         created = api.create_package(org, **fields)
-        emit(created, as_json)
-        if not as_json:
+        conn.emit(created)
+        if not conn.as_json:
             typer.echo("the key is shown only now: store it safely", err=True)
 
 
 @package_app.command("list")
+@admin_options()
 def package_list(
+    conn: Conn,
     *,
     org: Annotated[str | None, typer.Option("--org", help="Only this organization's.")] = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """List packages."""
-    with connect(admin, token, data_dir) as api:
-        emit(api.list_packages(org), as_json, PACKAGE_COLUMNS)
+    with conn.client() as api:
+        conn.emit(api.list_packages(org), PACKAGE_COLUMNS)
 
 
 @package_app.command("show")
-def package_show(
-    package_id: str,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def package_show(conn: Conn, package_id: str) -> None:
     """Show one package with its usage."""
-    with connect(admin, token, data_dir) as api:
-        emit(api.get_package(package_id), as_json)
+    with conn.client() as api:
+        conn.emit(api.get_package(package_id))
 
 
 @package_app.command("update")
+@admin_options()
 def package_update(
+    conn: Conn,
     package_id: str,
     *,
     name: Annotated[str | None, typer.Option()] = None,
@@ -222,13 +193,9 @@ def package_update(
     rule: Rules = None,
     all_rules: Annotated[bool, typer.Option("--all-rules", help="Allow every rule.")] = False,
     auth_mode: AuthModeOpt = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Change a package; list options replace the whole list."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         if clear_allowlist and allow_ip:
             raise CliError("--allow-ip and --clear-allowlist exclude each other")
         if all_rules and rule:
@@ -245,25 +212,18 @@ def package_update(
             rules=None if all_rules else (... if rule is None else rule),
             auth_mode=... if auth_mode is None else auth_mode.value,
         )
-        emit(api.update_package(package_id, **fields), as_json)
+        conn.emit(api.update_package(package_id, **fields))
 
 
 def _status_command(name: str, status: PackageStatus, doc: str) -> None:
     """Register `package NAME ID`: a PATCH of the status alone."""
 
-    def command(
-        package_id: str,
-        *,
-        admin: Admin = DEFAULT_ADMIN_URL,
-        token: Token = None,
-        data_dir: DataDir = Path("."),
-        as_json: Json = False,
-    ) -> None:
-        with connect(admin, token, data_dir) as api:
-            emit(api.update_package(package_id, status=status), as_json)
+    def command(conn: Conn, package_id: str) -> None:
+        with conn.client() as api:
+            conn.emit(api.update_package(package_id, status=status))
 
     command.__doc__ = doc
-    package_app.command(name)(command)
+    package_app.command(name)(admin_options()(command))
 
 
 _status_command("pause", PackageStatus.PAUSED, "Pause a package (requests get PACKAGE_PAUSED).")
@@ -274,15 +234,9 @@ _status_command(
 
 
 @package_app.command("rotate-key")
-def package_rotate_key(
-    package_id: str,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def package_rotate_key(conn: Conn, package_id: str) -> None:
     """Give a package a new key; the old one stops working at once."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         key = api.rotate_key(package_id)
-        emit({"id": package_id, "key": key}, as_json)
+        conn.emit({"id": package_id, "key": key})

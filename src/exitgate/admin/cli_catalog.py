@@ -9,20 +9,11 @@ within each rule; `--json` prints what `GET /v1/catalog` answered.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from exitgate.admin.cli_common import (
-    DEFAULT_ADMIN_URL,
-    Admin,
-    DataDir,
-    Json,
-    Token,
-    connect,
-    emit,
-)
+from exitgate.admin.cli_common import Conn, admin_options
 from exitgate.model import Network
 
 CATALOG_COLUMNS = ("rule", "value", "country", "nodes")
@@ -37,16 +28,14 @@ _SECTIONS = (
 )
 
 
+@admin_options()
 def catalog_command(
+    conn: Conn,
     *,
     country: Annotated[
         str | None, typer.Option(help="Only nodes of this country (ISO 3166-1 alpha-2).")
     ] = None,
     network: Annotated[Network | None, typer.Option(help="Only nodes of this network.")] = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Countries, regions, cities, ISPs and ASNs that can be targeted now, with node counts."""
     params: dict[str, Any] = {}
@@ -54,13 +43,13 @@ def catalog_command(
         params["country"] = country
     if network is not None:
         params["network"] = str(network)
-    with connect(admin, token, data_dir) as client:
+    with conn.client() as client:
         found = client.request("GET", "/v1/catalog", params=params)
-    if as_json:
-        emit(found, True)
+    if conn.as_json:
+        conn.emit(found)
         return
     typer.echo(f"online nodes: {found.get('nodes', 0)}")
-    emit(catalog_rows(found), False, CATALOG_COLUMNS)
+    conn.emit(catalog_rows(found), CATALOG_COLUMNS)
 
 
 def catalog_rows(found: dict[str, Any]) -> list[dict[str, Any]]:

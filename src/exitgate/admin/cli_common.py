@@ -2,18 +2,26 @@
 
 Every command takes `--admin URL` (env EXITGATE_ADMIN_URL, default http://127.0.0.1:8090),
 `--token` (env EXITGATE_ADMIN_TOKEN; else the `admin.token` file in `--data-dir`, env
-EXITGATE_DATA_DIR, default ".") and `--json` (machine output; default a table).
+EXITGATE_DATA_DIR, default ".") and, where it prints data, `--json` (machine output; default
+a table). They are declared here once: a command is written as `fn(conn: Conn, ...)` under
+`@admin_options()`, which adds the options to its signature (after its own, as typer reads
+it) and hands it one `Conn`. They stay options of each command, not of its group, so
+`exitgate org list --json` keeps working (a group callback would want `org --json list`).
 Failures print one line `error: ...` on stderr and exit 1: no traceback, no secret.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 import typer
 
@@ -39,6 +47,22 @@ DataDir = Annotated[
     Path, typer.Option("--data-dir", envvar="EXITGATE_DATA_DIR", help="Holds admin.token.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# The package a command is about: an argument (`usage ID`) or an option (`ban list --package`).
+PackageId = Annotated[str, typer.Argument(help="The package id.", show_default=False)]
+PackageOpt = Annotated[
+    str, typer.Option("--package", help="The package id.", show_default=False)
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_KW = inspect.Parameter.KEYWORD_ONLY
+# The shared options in the order --help lists them, after each command's own.
+_CONNECTION = (
+    inspect.Parameter("admin", _KW, default=DEFAULT_ADMIN_URL, annotation=Admin),
+    inspect.Parameter("token", _KW, default=None, annotation=Token),
+    inspect.Parameter("data_dir", _KW, default=Path("."), annotation=DataDir),
+)
+_JSON = inspect.Parameter("as_json", _KW, default=False, annotation=Json)
 
 
 class CliError(Exception):
@@ -60,6 +84,66 @@ def connect(admin: str, token: str | None, data_dir: Path) -> Iterator[AdminClie
     except (AdminError, CliError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Conn:
+    """What the shared options said: where the admin API is, which token, which output."""
+
+    admin: str = DEFAULT_ADMIN_URL
+    token: str | None = None
+    data_dir: Path = Path(".")
+    as_json: bool = False
+
+    def client(self) -> contextlib.AbstractContextManager[AdminClient]:
+        """`connect` with these options: failures end the command with one stderr line."""
+        return connect(self.admin, self.token, self.data_dir)
+
+    def emit(self, data: Any, columns: Sequence[str] = ()) -> None:
+        """`emit` in the form `--json` chose."""
+        emit(data, self.as_json, columns)
+
+    def emit_rows(
+        self,
+        rows: list[dict[str, Any]],
+        columns: Sequence[str],
+        readable: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """Rows as the API answered them with `--json`, else a table of `readable(row)`."""
+        if self.as_json:
+            emit(rows, True)
+        else:
+            emit([readable(row) for row in rows], False, columns)
+
+
+def admin_options(
+    *, with_json: bool = True
+) -> Callable[[Callable[Concatenate[Conn, P], R]], Callable[..., R]]:
+    """Give a command `fn(conn, ...)` the shared options (`--json` only `with_json`).
+
+    The command typer sees has `fn`'s own parameters, then `--admin`, `--token`,
+    `--data-dir` (and `--json`): the interface each command always had, declared once.
+    """
+    shared = (*_CONNECTION, _JSON) if with_json else _CONNECTION
+    names = tuple(p.name for p in shared)
+
+    def decorate(fn: Callable[Concatenate[Conn, P], R]) -> Callable[..., R]:
+        signature = inspect.signature(fn, eval_str=True)
+        _conn, *own = signature.parameters.values()
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> R:
+            conn = Conn(**{name: kwargs.pop(name) for name in names if name in kwargs})
+            return fn(conn, *args, **kwargs)
+
+        params = [*own, *shared]
+        # typer reads the signature and the (resolved) annotations of what it registers.
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__annotations__["return"] = signature.return_annotation
+        return command
+
+    return decorate
 
 
 # -- output
@@ -105,6 +189,19 @@ def table(header: list[str], rows: list[list[str]]) -> None:
     Console(highlight=False, width=width).print(table)
 
 
+def utc_times(
+    item: dict[str, Any], names: Iterable[str], timespec: str = "seconds"
+) -> dict[str, Any]:
+    """A copy of `item` with its epoch-second fields `names` as UTC ISO 8601 (`...Z`)."""
+    shown = dict(item)
+    for name in names:
+        when = shown.get(name)
+        if isinstance(when, int | float):
+            stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec=timespec)
+            shown[name] = stamp.replace("+00:00", "Z")
+    return shown
+
+
 def limit_value(flag: str, text: str | None) -> Any:
     """`--rps 10` → 10, `--rps none` → None (no limit), absent → the sentinel `...`."""
     if text is None:
@@ -132,9 +229,13 @@ __all__ = [
     "SETTINGS",
     "Admin",
     "CliError",
+    "Conn",
     "DataDir",
     "Json",
+    "PackageId",
+    "PackageOpt",
     "Token",
+    "admin_options",
     "connect",
     "cell",
     "emit",
@@ -142,4 +243,5 @@ __all__ = [
     "limit_value",
     "present",
     "table",
+    "utc_times",
 ]

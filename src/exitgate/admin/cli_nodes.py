@@ -7,22 +7,11 @@ history and `ps`. Answers show it redacted.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from exitgate.admin.cli_common import (
-    DEFAULT_ADMIN_URL,
-    SETTINGS,
-    Admin,
-    DataDir,
-    Json,
-    Token,
-    connect,
-    emit,
-    present,
-)
+from exitgate.admin.cli_common import SETTINGS, Conn, admin_options, present
 from exitgate.model import Network, NodeState
 
 node_app = typer.Typer(help="Exit nodes: direct and upstream.", **SETTINGS)
@@ -64,7 +53,9 @@ def _read_url(url: str | None) -> str | None:
 
 
 @node_app.command("add")
+@admin_options()
 def node_add(
+    conn: Conn,
     kind: Annotated[str, typer.Argument(help="direct or upstream")],
     *,
     url: Url = None,
@@ -77,13 +68,9 @@ def node_add(
     asn: Asn = None,
     network: NetworkOpt = None,
     state: State = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Register a node: `node add direct --bind ADDR` or `node add upstream --url -`."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         body = present(
             url=_read_url(url),
             bind_address=bind,
@@ -96,11 +83,13 @@ def node_add(
             network=network,
             state=state,
         )
-        emit(api.create_node(kind, **body), as_json)
+        conn.emit(api.create_node(kind, **body))
 
 
 @node_app.command("list")
+@admin_options()
 def node_list(
+    conn: Conn,
     *,
     country: Country = None,
     region: Region = None,
@@ -110,13 +99,9 @@ def node_list(
     network: NetworkOpt = None,
     state: State = None,
     kind: Annotated[str | None, typer.Option()] = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """List nodes, optionally filtered by attributes and state."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         found = api.list_nodes(
             country=country,
             region=region,
@@ -127,25 +112,21 @@ def node_list(
             state=state,
             kind=kind,
         )
-        emit(found, as_json, NODE_COLUMNS)
+        conn.emit(found, NODE_COLUMNS)
 
 
 @node_app.command("show")
-def node_show(
-    node_id: str,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def node_show(conn: Conn, node_id: str) -> None:
     """Show one node (its url redacted)."""
-    with connect(admin, token, data_dir) as api:
-        emit(api.get_node(node_id), as_json)
+    with conn.client() as api:
+        conn.emit(api.get_node(node_id))
 
 
 @node_app.command("update")
+@admin_options()
 def node_update(
+    conn: Conn,
     node_id: str,
     *,
     state: State = None,
@@ -158,13 +139,9 @@ def node_update(
     url: Url = None,
     bind: Bind = None,
     ip: Ip = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Change a node's state (online, offline, draining) or attributes."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         body = present(
             state=state,
             country=country,
@@ -177,19 +154,13 @@ def node_update(
             bind_address=bind,
             ip=ip,
         )
-        emit(api.update_node(node_id, **body), as_json)
+        conn.emit(api.update_node(node_id, **body))
 
 
 @node_app.command("remove")
-def node_remove(
-    node_id: str,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def node_remove(conn: Conn, node_id: str) -> None:
     """Remove a node."""
-    with connect(admin, token, data_dir) as api:
+    with conn.client() as api:
         api.delete_node(node_id)
-        emit({"id": node_id, "removed": True}, as_json)
+        conn.emit({"id": node_id, "removed": True})

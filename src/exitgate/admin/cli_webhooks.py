@@ -16,22 +16,11 @@ attempt log; `replay` sends its message again as a new delivery.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from exitgate.admin.cli_common import (
-    DEFAULT_ADMIN_URL,
-    SETTINGS,
-    Admin,
-    DataDir,
-    Json,
-    Token,
-    connect,
-    emit,
-)
+from exitgate.admin.cli_common import SETTINGS, Conn, admin_options, utc_times
 
 webhook_app = typer.Typer(
     help="Webhooks: endpoints, their delivery log, replays.", **SETTINGS
@@ -51,7 +40,9 @@ OrgOpt = Annotated[
 
 
 @webhook_app.command("add")
+@admin_options()
 def webhook_add(
+    conn: Conn,
     url: Annotated[str, typer.Argument(help="Where deliveries are POSTed (http or https).")],
     *,
     org: OrgOpt = None,
@@ -61,19 +52,15 @@ def webhook_add(
                      show_default=False),
     ] = None,
     description: Annotated[str, typer.Option("--description", help="A note.")] = "",
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """Add an endpoint; prints its signing secret, once."""
     body: dict[str, Any] = {"url": url, "org_id": org, "description": description}
     if event:
         body["events"] = event
-    with connect(admin, token, data_dir) as client:
+    with conn.client() as client:
         created = client.request("POST", "/v1/webhooks", json=body)
-    if as_json:
-        emit(created, True)
+    if conn.as_json:
+        conn.emit(created)
         return
     typer.echo(f"webhook {created['id']} -> {created['url']}")
     typer.echo(f"secret: {created['secret']}")
@@ -81,68 +68,48 @@ def webhook_add(
 
 
 @webhook_app.command("list")
-def webhook_list(
-    *,
-    org: OrgOpt = None,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def webhook_list(conn: Conn, *, org: OrgOpt = None) -> None:
     """List endpoints (never their secrets)."""
     params = {"org_id": org} if org else None
-    with connect(admin, token, data_dir) as client:
+    with conn.client() as client:
         found = client.request("GET", "/v1/webhooks", params=params)
-    emit(found, as_json, ENDPOINT_COLUMNS)
+    conn.emit(found, ENDPOINT_COLUMNS)
 
 
-def _set_enabled(endpoint_id: str, enabled: bool, admin: str, token: str | None,
-                 data_dir: Path) -> None:
-    with connect(admin, token, data_dir) as client:
+def _set_enabled(conn: Conn, endpoint_id: str, enabled: bool) -> None:
+    with conn.client() as client:
         client.request("PATCH", f"/v1/webhooks/{endpoint_id}", json={"enabled": enabled})
     typer.echo(f"webhook {endpoint_id} {'enabled' if enabled else 'disabled'}")
 
 
 @webhook_app.command("enable")
-def webhook_enable(
-    endpoint_id: EndpointId,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-) -> None:
+@admin_options(with_json=False)
+def webhook_enable(conn: Conn, endpoint_id: EndpointId) -> None:
     """Enable an endpoint (after a 410 Gone disabled it, say)."""
-    _set_enabled(endpoint_id, True, admin, token, data_dir)
+    _set_enabled(conn, endpoint_id, True)
 
 
 @webhook_app.command("disable")
-def webhook_disable(
-    endpoint_id: EndpointId,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-) -> None:
+@admin_options(with_json=False)
+def webhook_disable(conn: Conn, endpoint_id: EndpointId) -> None:
     """Disable an endpoint: nothing more is queued or sent to it."""
-    _set_enabled(endpoint_id, False, admin, token, data_dir)
+    _set_enabled(conn, endpoint_id, False)
 
 
 @webhook_app.command("delete")
-def webhook_delete(
-    endpoint_id: EndpointId,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-) -> None:
+@admin_options(with_json=False)
+def webhook_delete(conn: Conn, endpoint_id: EndpointId) -> None:
     """Delete an endpoint; its pending deliveries end (the log stays)."""
-    with connect(admin, token, data_dir) as client:
+    with conn.client() as client:
         client.request("DELETE", f"/v1/webhooks/{endpoint_id}")
     typer.echo(f"webhook {endpoint_id} deleted")
 
 
 @webhook_app.command("deliveries")
+@admin_options()
 def webhook_deliveries(
+    conn: Conn,
     *,
     endpoint: Annotated[
         str | None, typer.Option("--endpoint", help="Only this endpoint's.", show_default=False)
@@ -153,66 +120,41 @@ def webhook_deliveries(
         typer.Option("--state", help="pending, delivered or failed.", show_default=False),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
 ) -> None:
     """The delivery log, newest first."""
     wanted = {"endpoint_id": endpoint, "org_id": org, "state": state}
     params: dict[str, Any] = {"limit": limit} | {k: v for k, v in wanted.items() if v}
-    with connect(admin, token, data_dir) as client:
+    with conn.client() as client:
         found = client.request("GET", "/v1/webhook-deliveries", params=params)
-    if as_json:
-        emit(found, True)
-        return
-    emit([_readable(d) for d in found], False, DELIVERY_COLUMNS)
+    conn.emit_rows(found, DELIVERY_COLUMNS, _readable)
 
 
 @webhook_app.command("show")
-def webhook_show(
-    delivery_id: DeliveryId,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def webhook_show(conn: Conn, delivery_id: DeliveryId) -> None:
     """One delivery and its attempts."""
-    with connect(admin, token, data_dir) as client:
+    with conn.client() as client:
         found = client.request("GET", f"/v1/webhook-deliveries/{delivery_id}")
-    if as_json:
-        emit(found, True)
+    if conn.as_json:
+        conn.emit(found)
         return
     attempts = found.pop("attempt_log", [])
-    emit(_readable(found), False)
+    conn.emit(_readable(found))
     typer.echo("")
-    emit([_readable(a) for a in attempts], False, ATTEMPT_COLUMNS)
+    conn.emit_rows(attempts, ATTEMPT_COLUMNS, _readable)
 
 
 @webhook_app.command("replay")
-def webhook_replay(
-    delivery_id: DeliveryId,
-    *,
-    admin: Admin = DEFAULT_ADMIN_URL,
-    token: Token = None,
-    data_dir: DataDir = Path("."),
-    as_json: Json = False,
-) -> None:
+@admin_options()
+def webhook_replay(conn: Conn, delivery_id: DeliveryId) -> None:
     """Send a delivery's message again (same webhook-id and body), as a new delivery."""
-    with connect(admin, token, data_dir) as client:
+    with conn.client() as client:
         found = client.request("POST", f"/v1/webhook-deliveries/{delivery_id}/replay")
-    if as_json:
-        emit(found, True)
+    if conn.as_json:
+        conn.emit(found)
         return
     typer.echo(f"delivery {found['id']} queued (replay of {delivery_id})")
 
 
 def _readable(item: dict[str, Any]) -> dict[str, Any]:
-    shown = dict(item)
-    for name in ("at", "created_at", "updated_at", "next_at"):
-        when = shown.get(name)
-        if isinstance(when, int | float):
-            stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
-            shown[name] = stamp.replace("+00:00", "Z")
-    return shown
+    return utc_times(item, ("at", "created_at", "updated_at", "next_at"))
