@@ -146,9 +146,13 @@ class ProxyServer:
         conn.set_deadline(self.ctx.proxy.handshake_timeout)
         return True
 
-    async def _handle(self, conn: Conn, mode: Mode, *, sniff: bool = True) -> None:
+    async def _handle(
+        self, conn: Conn, mode: Mode, *, sniff: bool = True, header_read: bool = False
+    ) -> None:
+        """`header_read`: a TLS-capable listener already took the PROXY header off the socket
+        (before the TLS handshake it precedes)."""
         address = conn.peername[0]
-        if self.balancers:
+        if self.balancers and not header_read:
             named = await self._proxy_protocol(conn, address)
             if named is None:
                 conn.close()
@@ -271,9 +275,12 @@ class ProxyServer:
 
     async def _handle_raw(self, sock: socket.socket, mode: Mode) -> None:
         loop = asyncio.get_running_loop()
+        named: tuple[str, int] | None = None
         try:
             async with asyncio.timeout(self.ctx.proxy.handshake_timeout):
-                first = await _peek_first_byte(sock)
+                if self.balancers:
+                    named = await self._raw_proxy_header(sock)
+                first = (await _peek(sock, 1))[0]
                 use_tls = self.tls if first == TLS_HANDSHAKE else None
                 conn = Conn()
                 # the factory, not the return value: uvloop returns its SSL protocol there
@@ -281,7 +288,34 @@ class ProxyServer:
         except (TimeoutError, ConnectionClosed, OSError, ssl.SSLError):
             sock.close()
             return
-        await self._handle(conn, mode, sniff=use_tls is None)
+        conn.proxied = named
+        await self._handle(conn, mode, sniff=use_tls is None, header_read=bool(self.balancers))
+
+    async def _raw_proxy_header(self, sock: socket.socket) -> tuple[str, int] | None:
+        """The PROXY header off a raw socket, before any TLS: the client it names, or None
+        (LOCAL / UNKNOWN, or a peer that is no balancer). ConnectionClosed: refused (a header
+        from a peer not in `proxy_protocol_from`, or a malformed one). Only the header's
+        bytes are consumed: what follows (a TLS ClientHello) stays in the socket."""
+        peer = str(sock.getpeername()[0])
+        if not self.balancers.trusted(peer):
+            if proxy_protocol.looks_like_header(await _peek(sock, 12)):
+                self.ctx.warnings.warning(
+                    "PROXY header from an address not in proxy_protocol_from", peer, ""
+                )
+                raise ConnectionClosed
+            return None
+        got = b""
+        while True:
+            data = await _peek(sock, proxy_protocol.V1_MAX + proxy_protocol.V2_MAX_BODY)
+            try:
+                header = proxy_protocol.parse(got + data)
+            except proxy_protocol.ProxyProtocolError as exc:
+                self.ctx.warnings.warning("bad PROXY header", peer, str(exc))
+                raise ConnectionClosed from None
+            if header is not None:
+                sock.recv(header.consumed - len(got))  # already here: peeked
+                return header.source
+            got += sock.recv(len(data))  # incomplete: every byte there is the header's
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let open connections finish for `grace` seconds, then cut them."""
@@ -306,12 +340,12 @@ class ProxyServer:
             await asyncio.wait(pending, timeout=1.0)
 
 
-async def _peek_first_byte(sock: socket.socket) -> int:
-    """Wait until `sock` is readable and return its first byte without consuming it."""
+async def _peek(sock: socket.socket, size: int) -> bytes:
+    """Wait until `sock` is readable and return up to `size` bytes without consuming them."""
     loop = asyncio.get_running_loop()
     while True:
         try:
-            data = sock.recv(1, socket.MSG_PEEK)
+            data = sock.recv(size, socket.MSG_PEEK)
         except BlockingIOError:
             ready: asyncio.Future[None] = loop.create_future()
 
@@ -327,4 +361,4 @@ async def _peek_first_byte(sock: socket.socket) -> int:
             continue
         if not data:
             raise ConnectionClosed
-        return data[0]
+        return data
