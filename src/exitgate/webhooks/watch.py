@@ -14,10 +14,18 @@ Every `[webhooks] watch_interval` (1 s) it walks the registry (in memory, no sto
 
 Usage and credit levels are kept in the store (`webhook_marks`) and moved only by
 compare-and-set, so a restart does not announce a crossed threshold twice and several
-instances on one database announce it once. Node and pool states are per process (the
+instances on one database announce it once. Node and pool states are seen per process (the
 breaker is), and the first look after start is a silent baseline: a node that was already
 down at start is not announced. A node added later counts as up before its first look
 (unless added offline), so one whose circuit opens within an interval is still announced.
+
+Several instances on one database see the same node go offline (the registry is shared):
+each change of this process's view moves the node's (or network's) mark in the store by
+compare-and-set from the other state, and only the instance whose move succeeds announces
+it. The cluster then sends one `node.down` per outage and one `node.recovered` per return,
+whoever saw it first; a breaker open on one instance only is announced by that instance,
+and never undone by another that sees the node up (an instance announces only changes of
+its own view).
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ log = logging.getLogger("exitgate.webhooks")
 
 USAGE = "usage:"
 CREDITS = "credits:"
+NODE = "node:"
+POOL = "pool:"
+DOWN, UP = "down", "up"
 _CREDIT_EVENTS = {1: events.ORG_CREDITS_LOW, 2: events.ORG_CREDITS_EXHAUSTED}
 
 
@@ -77,7 +88,7 @@ class Watcher:
     async def tick(self) -> None:
         await self._usage()
         await self._credits()
-        self._nodes()
+        await self._nodes()
 
     # -- levels kept in the store -----------------------------------------------------------------
     async def _move(self, key: str, old: str | None, new: str) -> bool:
@@ -135,7 +146,7 @@ class Watcher:
                 self.bus.emit(_CREDIT_EVENTS[lv], org.id, data)
 
     # -- per-process states ---------------------------------------------------------------------
-    def _nodes(self) -> None:
+    async def _nodes(self) -> None:
         nodes = self.registry.nodes
         for gone in self._down.keys() - nodes.keys():
             del self._down[gone]
@@ -152,7 +163,7 @@ class Watcher:
                 # node whose circuit opened within one interval of its creation is announced.
                 was = offline
             self._down[node.id] = down
-            if was is None or was == down:
+            if was is None or was == down or not await self._announce(NODE + node.id, down):
                 continue
             data = {
                 "node_id": node.id,
@@ -165,10 +176,24 @@ class Watcher:
             if down:
                 data["reason"] = "offline" if offline else "circuit_open"
             self.bus.emit(events.NODE_DOWN if down else events.NODE_RECOVERED, None, data)
-        self._pool(healthy)
+        await self._pool(healthy)
         self._seen = True
 
-    def _pool(self, healthy: dict[Network, int]) -> None:
+    async def _announce(self, key: str, down: bool) -> bool:
+        """Move the shared mark from the other state (absent counts as up); True: this
+        instance moved it, so it is the one to announce the change."""
+        new, other = (DOWN, UP) if down else (UP, DOWN)
+        mark = self._marks.get(key)
+        if mark == new:  # as far as known, announced already: look again before giving up
+            fresh = await asyncio.to_thread(self.store.marks, key)
+            mark = fresh.get(key)
+            if mark == new:
+                return False
+        if mark is None and not down:
+            return await self._move(key, None, UP)
+        return await self._move(key, other if mark is not None else None, new)
+
+    async def _pool(self, healthy: dict[Network, int]) -> None:
         s = self.settings
         for name, minimum in s.pool_min_healthy.items():
             network = Network(name)
@@ -176,7 +201,7 @@ class Watcher:
             was = self._pools.get(network)
             degraded, fire = pool_degraded(bool(was), count, minimum, s.pool_hysteresis)
             self._pools[network] = degraded
-            if fire and was is not None:
+            if fire and was is not None and await self._announce(POOL + name, degraded):
                 self.bus.emit(
                     events.POOL_DEGRADED,
                     None,
