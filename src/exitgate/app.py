@@ -236,8 +236,9 @@ class Gateway:
             self.settings.store.redis_url,
             self.settings.sessions.idle_timeout,
             prefix=self.settings.store.redis_prefix,
+            server_time=True,  # every script reads Redis's TIME (issue 9)
         )
-        clock = RedisClock(store.redis)
+        clock = RedisClock(store.redis)  # the table's own `now`; the scripts read TIME
         try:
             await clock.sync()
         except Exception as exc:  # Redis down at start: local time until the next sync

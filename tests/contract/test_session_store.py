@@ -22,6 +22,7 @@ from tests.unit.test_sessions import (  # noqa: F401 - collected here against Re
     IDLE,
     T0,
     Clock,
+    test_a_plan_is_a_request_even_without_a_commit,
     test_admin_list_get_end_expire,
     test_claim_creates_a_provisional_record,
     test_claim_is_create_if_absent,
@@ -35,13 +36,18 @@ from tests.unit.test_sessions import (  # noqa: F401 - collected here against Re
     test_mismatch_is_409_and_leaves_the_session_untouched,
     test_move_races_follow_the_winner,
     test_racing_first_requests_end_on_one_node,
+    test_rebind_compares_the_epoch_too,
     test_rebind_is_compare_and_set,
     test_record_counts_and_touches,
     test_record_with_other_rules_writes_nothing,
+    test_refund_gives_back_a_count_taken_on_arrival,
+    test_refund_keeps_what_other_requests_did,
     test_release_drops_only_a_provisional_record_on_that_node,
     test_rotate_requests_counts_each_request_once,
+    test_rotate_requests_skips_requests_that_reached_no_node,
     test_rotate_timed_boundary,
     test_sessions_are_scoped_to_the_package,
+    test_touch_counts_a_kept_session_in_one_step,
 )
 
 
@@ -111,3 +117,47 @@ async def test_redis_clock_follows_the_server(store: RedisSessionStore) -> None:
     offset = await clock.sync()
     assert abs(offset) < 5.0  # same machine: the clocks agree closely
     assert abs(clock() - time.time() - offset) < 0.01
+
+
+async def test_server_time_comes_from_redis_not_the_caller(store: RedisSessionStore) -> None:
+    """With `server_time` (the gateway's setting) every script reads Redis's TIME: the `now`
+    an instance passes is ignored, so a host whose clock is an hour off still agrees."""
+    timed = RedisSessionStore(REDIS_URL, IDLE, prefix=store.prefix, server_time=True)
+    try:
+        seconds, micros = await timed.redis.time()
+        server = seconds + micros / 1_000_000
+        off = server - 3600.0  # an instance whose clock is an hour slow
+        key = SessionKey("p1", "t")
+        made = await timed.record(key, "r", "n1", off)
+        assert made is not None and abs(made.created - server) < 5.0
+        touched = await timed.touch(key, "r", off)
+        assert touched.counted and abs(touched.now - server) < 5.0
+        assert touched.record is not None and touched.record.last_used == touched.now
+        assert await timed.get(key, off + 7200.0) is not None  # not "expired" by its clock
+        assert [r.key.session_id for r in await timed.list("p1", off)] == ["t"]
+        assert await timed.expire(off + 7200.0) == 0
+    finally:
+        await timed.redis.aclose()
+
+
+async def test_one_script_per_kept_session_request(store: RedisSessionStore) -> None:
+    """`plan` on a kept session is one EVALSHA; its commit sends nothing."""
+    sent: list[str] = []
+    original = store.redis.execute_command
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        sent.append(str(args[0]).upper())
+        return await original(*args, **kwargs)
+
+    store.redis.execute_command = counting  # type: ignore[method-assign]
+    table = SessionTable(store, Clock())
+    r = Rules(country="us", session="one")
+    first = await table.plan("p1", r)
+    assert first is not None
+    await table.commit(first, await table.claim(first, "n1"))
+    sent.clear()
+    for _ in range(3):
+        kept = await table.plan("p1", r)
+        assert kept is not None and kept.node_id == "n1" and kept.counted is not None
+        await table.commit(kept, "n1")
+    assert sent == ["EVALSHA"] * 3

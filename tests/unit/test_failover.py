@@ -736,7 +736,8 @@ class RouterMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.w = World(*(us(i) for i in range(4)))
-        self.open: list[tuple[Attempt, Rules, Dial | None]] = []
+        # (attempt, rules, its dial, the record as it began)
+        self.open: list[tuple[Attempt, Rules, Dial | None, SessionRecord | None]] = []
         self.crowded: set[int] = set()  # attempts (by id) that ever had company
 
     def record(self) -> SessionRecord | None:
@@ -753,15 +754,15 @@ class RouterMachine(RuleBasedStateMachine):
             assert before is not None and before.rules != r.canonical()
             assert self.record() == before
             return
-        self.open.append((attempt, r, None))
+        self.open.append((attempt, r, None, before))
         if len(self.open) > 1:
-            self.crowded.update(id(a) for a, _, _ in self.open)
+            self.crowded.update(id(a) for a, _, _, _ in self.open)
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), verdict=st.sampled_from(["ok", "node", "target"]))
     def step(self, data: st.DataObject, verdict: str) -> None:
         i = data.draw(st.integers(0, len(self.open) - 1))
-        attempt, r, dial = self.open[i]
+        attempt, r, dial, began = self.open[i]
         if dial is None:
             step = run(attempt.next())
             if isinstance(step, Fail):
@@ -771,12 +772,13 @@ class RouterMachine(RuleBasedStateMachine):
                 }
                 attempt.close()
                 del self.open[i]
+                self.reached_no_node(attempt, r, began)
             else:
-                self.open[i] = (attempt, r, step)
+                self.open[i] = (attempt, r, step, began)
             return
         if verdict == "node":
             attempt.failed("refused")
-            self.open[i] = (attempt, r, None)
+            self.open[i] = (attempt, r, None, began)
             return
         before = self.record()
         if verdict == "target":
@@ -792,16 +794,29 @@ class RouterMachine(RuleBasedStateMachine):
         if r.session is None or (before is not None and before.rules != r.canonical()):
             assert after == before  # no session, or the id went to other rules: untouched
             return
-        assert after is not None and after.rules == r.canonical()
-        assert after.requests == (0 if before is None else before.requests) + 1
+        assert after is not None and after.rules == r.canonical() and after.requests >= 1
         if id(attempt) not in self.crowded:
             assert after.node_id == dial.node.id  # alone: the session is where it served
+            # one request, one count (on arrival for a kept session, else at commit)
+            if began is not None and began.created == after.created:
+                assert after.requests == began.requests + 1
+            else:
+                assert after.requests == 1
+
+    def reached_no_node(self, attempt: Attempt, r: Rules, began: SessionRecord | None) -> None:
+        """Alone, a request that reached no node leaves the session's count as it found it."""
+        after = self.record()
+        if id(attempt) in self.crowded or r.session is None or after is None:
+            return
+        if began is not None and began.created == after.created and not began.provisional:
+            assert after.requests == began.requests
 
     @precondition(lambda self: self.open)
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        attempt, _, _ = self.open.pop(data.draw(st.integers(0, len(self.open) - 1)))
+        attempt, r, _, began = self.open.pop(data.draw(st.integers(0, len(self.open) - 1)))
         attempt.close()
+        self.reached_no_node(attempt, r, began)
 
     @rule(node=st.integers(0, 3), online=st.booleans())
     def churn(self, node: int, online: bool) -> None:

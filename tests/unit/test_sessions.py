@@ -13,7 +13,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from exitgate.errors import Code, GatewayError
 from exitgate.routing.sessions import Plan, SessionTable, rotation_due
 from exitgate.rules import Rotate, RotateKind, Rules
-from exitgate.store.sessions import MemorySessionStore, SessionKey, SessionRecord, SessionStore
+from exitgate.store.sessions import (
+    MemorySessionStore,
+    SessionKey,
+    SessionRecord,
+    SessionStore,
+    Touch,
+)
 
 T = TypeVar("T")
 IDLE = 60.0
@@ -98,9 +104,65 @@ async def test_rebind_is_compare_and_set(store: SessionStore) -> None:
     assert lost is not None and lost.node_id == "n1"
     foreign = await store.rebind(KEY, "other", "n1", "n2", T0 + 2)
     assert foreign is not None and foreign.node_id == "n1"  # other rules: no write
-    won = await store.rebind(KEY, "r", "n1", "n2", T0 + 3)
-    assert won == SessionRecord(KEY, "r", "n2", T0, T0 + 3, T0 + 1, 1, 0)
+    won = await store.rebind(KEY, "r", "n1", "n2", T0 + 3, epoch=0)
+    assert won == SessionRecord(KEY, "r", "n2", T0, T0 + 3, T0 + 1, 1, 0, epoch=1)
     assert await store.rebind(SessionKey("p1", "nope"), "r", "n1", "n2", T0) is None
+
+
+async def test_rebind_compares_the_epoch_too(store: SessionStore) -> None:
+    """n1 → n2 → n1: a request that read (n1, 0) cannot move the session again (no ABA)."""
+    await store.record(KEY, "r", "n1", T0)
+    await store.rebind(KEY, "r", "n1", "n2", T0 + 1, epoch=0)
+    back = await store.rebind(KEY, "r", "n2", "n1", T0 + 2, epoch=1, count=True)
+    assert back is not None and (back.node_id, back.epoch, back.node_requests) == ("n1", 2, 1)
+    stale = await store.rebind(KEY, "r", "n1", "n3", T0 + 3, epoch=0)
+    assert stale == back  # nothing written: the caller follows n1
+    assert await store.get(KEY, T0 + 3) == back
+    moved = await store.rebind(KEY, "r", "n1", "n3", T0 + 3)  # no epoch: the node alone
+    assert moved is not None and (moved.node_id, moved.epoch, moved.node_requests) == ("n3", 3, 0)
+
+
+async def test_touch_counts_a_kept_session_in_one_step(store: SessionStore) -> None:
+    assert await store.touch(KEY, "r", T0) == Touch(None, T0)  # nothing written
+    assert await store.get(KEY, T0) is None
+    provisional = await store.claim(KEY, "r", "n1", T0)
+    assert await store.touch(KEY, "r", T0 + 1) == Touch(provisional, T0 + 1)  # a first request
+    await store.record(KEY, "r", "n1", T0 + 2)  # ... reached n1
+    mismatch = await store.touch(KEY, "other", T0 + 3)
+    kept = await store.get(KEY, T0 + 3)
+    assert mismatch == Touch(kept, T0 + 3)  # other rules: returned for the 409, untouched
+    touched = await store.touch(KEY, "r", T0 + 4)
+    assert touched == Touch(
+        SessionRecord(KEY, "r", "n1", T0, T0, T0 + 4, 2, 2), T0 + 4, counted=True, previous=T0 + 2
+    )
+    assert await store.get(KEY, T0 + 4) == touched.record
+    assert await store.get(KEY, T0 + 4 + IDLE - 0.001) is not None  # the idle clock restarted
+
+
+async def test_refund_gives_back_a_count_taken_on_arrival(store: SessionStore) -> None:
+    await store.record(KEY, "r", "n1", T0)
+    touched = await store.touch(KEY, "r", T0 + 10)
+    assert touched.record is not None and touched.record.requests == 2
+    store.refund(KEY, "r", "n1", T0 + 10, epoch=0, used=T0 + 10, previous=touched.previous)
+    assert await store.get(KEY, T0 + 10) == SessionRecord(KEY, "r", "n1", T0, T0, T0, 1, 1)
+    assert await store.get(KEY, T0 + IDLE) is None  # idle counts from T0 again
+
+
+async def test_refund_keeps_what_other_requests_did(store: SessionStore) -> None:
+    await store.record(KEY, "r", "n1", T0)
+    first = await store.touch(KEY, "r", T0 + 10)
+    await store.touch(KEY, "r", T0 + 20)  # another request, still on its way
+    store.refund(KEY, "r", "n1", T0 + 20, epoch=0, used=T0 + 10, previous=first.previous)
+    after = await store.get(KEY, T0 + 20)
+    assert after == SessionRecord(KEY, "r", "n1", T0, T0, T0 + 20, 2, 2)  # last_used stays
+    await store.rebind(KEY, "r", "n1", "n2", T0 + 21, epoch=0, count=True)
+    # a request counted on n1 that moved the session, then failed everywhere
+    store.refund(KEY, "r", "n1", T0 + 21, epoch=0, used=T0 + 30, previous=T0)
+    moved = await store.get(KEY, T0 + 21)
+    assert moved is not None and (moved.requests, moved.node_requests) == (1, 1)
+    assert moved.last_used == T0 + 20
+    store.refund(KEY, "other", "n2", T0 + 21, epoch=1, used=T0 + 20, previous=T0)  # other rules
+    assert await store.get(KEY, T0 + 21) == moved
 
 
 async def test_record_counts_and_touches(store: SessionStore) -> None:
@@ -147,6 +209,7 @@ async def test_idle_expiry_boundary(store: SessionStore) -> None:
 async def test_expired_record_is_absent_for_every_operation(store: SessionStore) -> None:
     await store.record(KEY, "r", "n1", T0)
     gone = T0 + IDLE
+    assert await store.touch(KEY, "r", gone) == Touch(None, gone)
     assert await store.rebind(KEY, "r", "n1", "n2", gone) is None
     fresh = await store.claim(KEY, "other", "n3", gone)
     assert fresh == SessionRecord(KEY, "other", "n3", gone, gone, gone, 0, 0)
@@ -209,8 +272,11 @@ async def test_first_use_creates_with_canonical_rules(table: SessionTable, clock
     assert (record.rules, record.node_id, record.requests) == (r.canonical(), "n1", 1)
     assert record.rules == "country-us-session-s1-rotate-timed_30"
     clock.advance(1)
-    again = await table.plan("p1", r)
-    assert again == Plan(KEY, r.canonical(), "n1", new=False, rotate=False)
+    again = await table.plan("p1", r)  # a kept session: counted on arrival
+    assert again == Plan(KEY, r.canonical(), "n1", new=False, rotate=False, counted=(T0 + 1, T0))
+    assert await table.commit(again, "n1") is None  # nothing left to do at commit
+    record = await table.get("p1", "s1")
+    assert record is not None and (record.requests, record.last_used) == (2, T0 + 1)
 
 
 async def test_same_rules_in_another_spelling_are_the_same_session(table: SessionTable) -> None:
@@ -277,19 +343,39 @@ async def test_joining_a_provisional_session(table: SessionTable) -> None:
 
 
 async def test_idle_expiry_counts_from_the_last_request(table: SessionTable, clock: Clock) -> None:
+    """A request restarts the idle clock on arrival (one store step, issue 9); one that
+    reaches no node gives it back, so expiry counts from the last request that reached one."""
     plan = await table.plan("p1", rules())
     assert plan is not None
     await table.claim(plan, "n1")
     await table.commit(plan, "n1")
     clock.advance(50)
-    await table.commit(plan, "n1")
+    kept = await table.plan("p1", rules())  # arrives at T0+50 and reaches n1
+    assert kept is not None and kept.node_id == "n1" and kept.counted == (T0 + 50, T0)
+    await table.commit(kept, "n1")
     clock.advance(IDLE - 0.001)
-    kept = await table.plan("p1", rules())
-    assert kept is not None and kept.node_id == "n1"  # a plan is no request: it touches nothing
+    failed = await table.plan("p1", rules())  # arrives at T0+110-, reaches no node
+    assert failed is not None and failed.node_id == "n1"
+    table.abandon(failed, None)
     clock.advance(0.001)
-    gone = await table.plan("p1", rules())
+    gone = await table.plan("p1", rules())  # T0+110: IDLE after the last request that got through
     assert gone is not None and gone.node_id is None
     assert await table.list("p1") == []
+
+
+async def test_a_plan_is_a_request_even_without_a_commit(table: SessionTable, clock: Clock) -> None:
+    """What a kept-session request costs: `plan` alone counts it; `commit` writes nothing."""
+    plan = await table.plan("p1", rules())
+    assert plan is not None
+    await table.claim(plan, "n1")
+    await table.commit(plan, "n1")
+    for i in range(1, 4):
+        clock.advance(IDLE - 1)  # each request keeps the session a whole IDLE longer
+        kept = await table.plan("p1", rules())
+        assert kept is not None and kept.node_id == "n1" and not kept.new
+        record = await table.get("p1", "s1")
+        assert record is not None and record.requests == 1 + i
+        assert record.expires(IDLE) == clock() + IDLE
 
 
 async def test_rotate_timed_boundary(table: SessionTable, clock: Clock) -> None:
@@ -314,21 +400,39 @@ async def test_rotate_timed_boundary(table: SessionTable, clock: Clock) -> None:
     assert again is not None and again.rotate
 
 
-async def test_rotate_requests_counts_each_request_once(table: SessionTable) -> None:
-    r = rules(rotate=counted(3))
+async def request(table: SessionTable, r: Rules, candidate: str) -> tuple[str, Plan]:
+    """One request the way routing/failover.py makes it: plan, point, dial (works), commit."""
     plan = await table.plan("p1", r)
     assert plan is not None
-    await table.claim(plan, "n1")
-    for served in range(1, 4):
-        await table.commit(plan, "n1")
-        p = await table.plan("p1", r)
-        assert p is not None and p.rotate == (served >= 3), served
-    assert p is not None
-    await table.move(p, "n1", "n2")
-    after = await table.plan("p1", r)
-    assert after is not None and not after.rotate and after.node_id == "n2"
+    if plan.node_id is None:
+        node = await table.claim(plan, candidate)
+    elif plan.rotate:
+        node = await table.move(plan, plan.node_id, candidate, plan.epoch)
+    else:
+        node = plan.node_id
+    await table.commit(plan, node)
+    return node, plan
+
+
+async def test_rotate_requests_counts_each_request_once(table: SessionTable) -> None:
+    r = rules(rotate=counted(3))
+    served = [await request(table, r, f"n{i // 3 + 1}") for i in range(7)]
+    assert [node for node, _ in served] == ["n1"] * 3 + ["n2"] * 3 + ["n3"]
+    assert [plan.rotate for _, plan in served] == [False] * 3 + [True] + [False] * 2 + [True]
     record = await table.get("p1", "s1")
-    assert record is not None and (record.requests, record.node_requests) == (3, 0)
+    assert record is not None and (record.requests, record.node_requests) == (7, 1)
+    assert record.epoch == 2
+
+
+async def test_rotate_requests_skips_requests_that_reached_no_node(table: SessionTable) -> None:
+    r = rules(rotate=counted(2))
+    await request(table, r, "n1")
+    failed = await table.plan("p1", r)
+    assert failed is not None and not failed.rotate
+    table.abandon(failed, None)  # no node answered: it is not one of the 2
+    assert (await request(table, r, "n2"))[0] == "n1"
+    third, plan = await request(table, r, "n2")
+    assert (third, plan.rotate) == ("n2", True)
 
 
 async def test_a_due_rotation_stays_due_until_it_happens(
@@ -481,6 +585,21 @@ class SessionMachine(RuleBasedStateMachine):
         previous = 0 if before is None else before.requests
         assert after.requests == previous + 1  # one request, one count
         assert after.last_used == self.clock()
+
+    @rule(
+        package=st.sampled_from(PACKAGES),
+        sid=st.sampled_from(IDS),
+        ruleset=st.integers(0, len(RULESETS) - 1),
+    )
+    def request_reaching_no_node(self, package: str, sid: str, ruleset: int) -> None:
+        before = self.record(package, sid)
+        try:
+            plan = run(self.table.plan(package, self.request_rules(sid, ruleset)))
+        except GatewayError:
+            return
+        assert plan is not None
+        self.table.abandon(plan, None)
+        assert self.record(package, sid) == before  # counted on arrival, given back
 
     @rule(
         package=st.sampled_from(PACKAGES),

@@ -381,6 +381,8 @@ class Attempt:
         )
         # the node the session points at, as far as this request knows
         self._at: str | None = plan.node_id if plan is not None else None
+        # the epoch `_at` was read at; None once this request moved or claimed the session
+        self._epoch: int | None = plan.epoch if plan is not None else None
         self._owned: str | None = None  # a node we pointed a (maybe provisional) record at
         self._rotated = False
         self._held: tuple[Node, Lease] | None = None  # chosen, not yet handed out
@@ -396,7 +398,10 @@ class Attempt:
         if candidate is None:
             return  # the only node: keep it, the rotation stays due
         self._hold(candidate)
-        node_id = self._at = await self._router.sessions.move(plan, current, candidate.id)
+        epoch, self._epoch = self._epoch, None
+        node_id = self._at = await self._router.sessions.move(
+            plan, current, candidate.id, epoch
+        )
         if node_id == candidate.id:
             self._owned = node_id
         self._rotated = node_id != current
@@ -503,8 +508,14 @@ class Attempt:
             health.release(self._dialing[1])
             self._dialing = None
         self._drop_held()
-        if not self._done and self._plan is not None and self._owned is not None:
-            self._router.sessions.abandon(self._plan, self._owned)
+        plan = self._plan
+        # a claim never used, a count taken on arrival: the request reached no node
+        if (
+            not self._done
+            and plan is not None
+            and (self._owned is not None or plan.counted is not None)
+        ):
+            self._router.sessions.abandon(plan, self._owned)
         self._done = True
 
     # -- internals ----------------------------------------------------------------------------
@@ -532,11 +543,12 @@ class Attempt:
         if plan is None:
             return candidate
         sessions = self._router.sessions
+        epoch, self._epoch = self._epoch, None
         if self._at is None:
             self._owned = candidate.id  # before the await: a cancelled claim is cleaned up too
             node_id = await sessions.claim(plan, candidate.id)
         else:
-            node_id = await sessions.move(plan, self._at, candidate.id)
+            node_id = await sessions.move(plan, self._at, candidate.id, epoch)
         self._at = node_id
         if node_id == candidate.id:
             self._owned = node_id

@@ -10,28 +10,37 @@ synchronous, for `finally` blocks.
 
 Per request with a `session` rule:
 
-1. `plan(package_id, rules)` reads the live record. Other canonical rules → GatewayError
-   SESSION_PARAMS_MISMATCH (409), nothing written. No record → a `Plan` with `node_id=None`
-   (the caller selects a node). Otherwise the plan names the session's node and whether a
-   rotation is due: `rotate-timed_N` when `now >= assigned + N`, `rotate-requests_N` when
-   `node_requests >= N` (N requests reached that node). A due rotation stays due until it
-   happens: when no other node is available the session keeps its node and the next request
-   tries again.
+1. `plan(package_id, rules)` is ONE atomic store step (`touch`; one Lua script on Redis, issue
+   9). Other canonical rules → GatewayError SESSION_PARAMS_MISMATCH (409), nothing written.
+   No record → a `Plan` with `node_id=None` (the caller selects a node). A live session with
+   these rules counts the request on arrival (requests += 1, node_requests += 1, last_used =
+   now: its idle expiry restarts) and the plan names its node, its epoch, and whether a
+   rotation is due, judged on the session as this request found it: `rotate-timed_N` when
+   `now >= assigned + N`, `rotate-requests_N` when `node_requests >= N` (N requests were
+   counted on that node before this one). A due rotation stays due until it happens: when no
+   other node is available the session keeps its node and the next request tries again.
+   `now` is the store's (Redis's clock on Redis).
 2. The caller points the session at the node it will dial. For a new id, `claim(plan, node)`
    writes a provisional record (create-if-absent) and returns the node to dial, which is the
    node of whichever request claimed first: racing first requests end on one node with no
    waiting and no lock, in one process or many. For a rotation or a replacement,
-   `move(plan, old, new)` compare-and-sets the node; a request that loses the race follows
-   the winner's node, so concurrent requests never scatter a session.
+   `move(plan, old, new, epoch)` compare-and-sets (node, epoch); a request that loses the
+   race follows the winner's node, so concurrent requests never scatter a session. A request
+   counted on arrival starts the new node's count at 1 (it is that node's first request).
 3. `commit(plan, node)` when the request reached the node (the dial succeeded, or it failed
-   on the target, not the node): requests += 1, last_used = now. The first commit turns a
-   provisional record into the session, with its canonical rules locked.
+   on the target, not the node). A request counted on arrival: nothing to do (no round
+   trip). Otherwise (a first request, or one joining a provisional record) requests += 1,
+   last_used = now; the first commit turns a provisional record into the session, with its
+   canonical rules locked.
 4. `abandon(plan, node)` when the request ends without reaching any node: a provisional record
-   it created is dropped, so a failed first request leaves no session behind.
+   it created is dropped, so a failed first request leaves no session behind, and a count
+   taken on arrival is given back (`refund`, in the background): requests -= 1, and
+   last_used returns to its value before this request unless another request touched the
+   session since.
 
-Idle expiry counts from `last_used`, the last request that reached a node: a session is live
-while `now < last_used + idle_timeout`. Open tunnels are never touched: the table decides the
-node of new requests only.
+Idle expiry counts from `last_used`, the last request that reached a node (or is on its way
+to one): a session is live while `now < last_used + idle_timeout`. Open tunnels are never
+touched: the table decides the node of new requests only.
 
 Per-session timings (SOAX legacy usernames, issue 13) ride on the plan and are written with
 the record when a request creates it (`claim`, or `commit` of a record that vanished):
@@ -42,16 +51,19 @@ timings do not change a live session's timings (they are not part of its locked 
 
 Decisions: a racing first request with other rules gets 409 against the provisional claim
 (one of them must lose; if the first then fails, the id is free again). `rotate-requests_N`
-counts requests that reached the node, at commit; requests already under way when the Nth
-commits still use the old node, so concurrent traffic may overshoot N by the requests in
-flight.
+counts requests on arrival and gives back those that reached no node, so it counts requests
+that reached the node; a request that moved the session and then failed everywhere leaves
+its count on the new node (the move stands). Requests already under way when the Nth
+arrives still use the old node, so concurrent traffic may overshoot N by the requests in
+flight. A session that vanishes while a counted request moves it is claimed afresh and
+stays provisional until its next request commits it.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exitgate.errors import Code, GatewayError
 from exitgate.rules import RotateKind, Rules
@@ -88,6 +100,9 @@ class Plan:
     # the shared store is down: the router picks the node by rendezvous hashing over the
     # matching pool (the same answer on every instance) and nothing is written
     degraded: bool = False
+    epoch: int = 0  # the session's epoch as planned: `move` compares (node, epoch)
+    # counted on arrival: (last_used written, last_used before), for `abandon`'s refund
+    counted: tuple[float, float] | None = None
 
 
 def rotation_due(record: SessionRecord, rules: Rules, now: float) -> bool:
@@ -108,34 +123,46 @@ class SessionTable:
     # -- the request path ---------------------------------------------------------------------
 
     async def check(self, package_id: str, rules: Rules) -> None:
-        """Admission gate 6: raise SESSION_PARAMS_MISMATCH if the id is locked to other rules."""
+        """Admission gate 6 alone: raise SESSION_PARAMS_MISMATCH if the id is locked to other
+        rules. A read: it counts nothing (`plan` is the request's step)."""
         if rules.session is not None:
-            await self.plan(package_id, rules)
+            record = await self.store.get(SessionKey(package_id, rules.session), self.clock())
+            if record is not None:
+                _check_rules(record, rules.canonical())
 
     async def plan(
         self, package_id: str, rules: Rules, timings: SessionTimings = NO_TIMINGS
     ) -> Plan | None:
-        """Where this request goes; None without a session rule. Writes nothing."""
+        """Where this request goes; None without a session rule. Counts the request on a kept
+        session (one store step); writes nothing on a mismatch or without a session."""
         if rules.session is None:
             return None
         key = SessionKey(package_id, rules.session)
         canonical = rules.canonical()
-        now = self.clock()
         try:
-            record = await self.store.get(key, now)
+            touch = await self.store.touch(key, canonical, self.clock())
         except SessionStoreDown:
             return Plan(key, canonical, None, new=False, rotate=False, degraded=True)
+        record = touch.record
         if record is None:
             return Plan(key, canonical, None, new=True, rotate=False, timings=timings)
         _check_rules(record, canonical)
+        now = touch.now
+        found = record  # the session as this request found it, for a due rotation
+        counted = None
+        if touch.counted:
+            found = replace(record, node_requests=record.node_requests - 1)
+            counted = (record.last_used, touch.previous)
         return Plan(
             key,
             canonical,
             record.node_id,
             new=record.provisional,
-            rotate=rotation_due(record, rules, now),
+            rotate=rotation_due(found, rules, now),
             timings=timings,
             held=record.held(now),
+            epoch=record.epoch,
+            counted=counted,
         )
 
     async def claim(self, plan: Plan, node_id: str) -> str:
@@ -154,8 +181,9 @@ class SessionTable:
         _check_rules(record, plan.rules)
         return record.node_id
 
-    async def move(self, plan: Plan, old: str, new: str) -> str:
-        """Rotate or replace: the session leaves `old` for `new`; the node to dial.
+    async def move(self, plan: Plan, old: str, new: str, epoch: int | None = None) -> str:
+        """Rotate or replace: the session leaves `old` (at `epoch`, if given) for `new`; the
+        node to dial.
 
         If another request moved the session first, its node wins and is returned. If the
         session vanished (ended, expired) it is claimed afresh for `new`. If the id now
@@ -164,8 +192,11 @@ class SessionTable:
         if plan.degraded:
             return new
         now = self.clock()
+        count = plan.counted is not None
         try:
-            record = await self.store.rebind(plan.key, plan.rules, old, new, now)
+            record = await self.store.rebind(
+                plan.key, plan.rules, old, new, now, epoch=epoch, count=count
+            )
             if record is None:
                 record = await self.store.claim(plan.key, plan.rules, new, now, plan.timings)
         except SessionStoreDown:
@@ -173,8 +204,9 @@ class SessionTable:
         return record.node_id if record.rules == plan.rules else new
 
     async def commit(self, plan: Plan, node_id: str) -> SessionRecord | None:
-        """The request reached `node_id`: count it, restart the idle clock."""
-        if plan.degraded:
+        """The request reached `node_id`: count it, restart the idle clock. Nothing to do
+        (no store step) for a request `plan` already counted."""
+        if plan.degraded or plan.counted is not None:
             return None
         try:
             return await self.store.record(
@@ -183,10 +215,25 @@ class SessionTable:
         except SessionStoreDown:
             return None  # the request went through; only its count is lost
 
-    def abandon(self, plan: Plan, node_id: str) -> None:
-        """The request reached no node: drop the provisional record it may have left."""
-        if not plan.degraded:
+    def abandon(self, plan: Plan, node_id: str | None) -> None:
+        """The request reached no node: drop the provisional record it may have left on
+        `node_id` (None: it pointed the session nowhere), give back a count taken on
+        arrival."""
+        if plan.degraded:
+            return
+        if node_id is not None:
             self.store.release(plan.key, node_id)
+        if plan.counted is not None and plan.node_id is not None:
+            used, previous = plan.counted
+            self.store.refund(
+                plan.key,
+                plan.rules,
+                plan.node_id,
+                self.clock(),
+                epoch=plan.epoch,
+                used=used,
+                previous=previous,
+            )
 
     # -- admin --------------------------------------------------------------------------------
 

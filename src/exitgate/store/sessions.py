@@ -10,7 +10,8 @@ write" across two calls.
 Records
 -------
 `SessionRecord` is immutable; a write stores a new one. Times are seconds from the caller's
-clock, passed in as `now` (the store never reads a clock, so tests are exact). With a store
+clock, passed in as `now` (the memory store never reads a clock, so tests are exact; the Redis
+store reads Redis's `TIME` inside each script when built with `server_time`). With a store
 shared between gateway processes that clock must be shared too: use wall time (`time.time`),
 not `time.monotonic`, which is per process. Times are then epoch seconds, ready for the
 admin API.
@@ -23,7 +24,9 @@ admin API.
   every operation, exactly as a Redis key with `PEXPIREAT last_used + idle_timeout` vanishes.
   `expire(now)` only reclaims memory; no reader ever sees an expired record.
 - `assigned` is when `node_id` took over (rotate-timed counts from it), `node_requests` how
-  many requests reached it since (rotate-requests).
+  many requests were counted on it since (rotate-requests), `epoch` how many times the node
+  changed (every `rebind` adds one): a compare-and-set names (node, epoch), so a request that
+  read the session before it moved away and back cannot move it again.
 - `timings` (issue 13, SOAX legacy usernames) are per-session overrides fixed when the record
   is created: `idle` replaces the store's idle timeout, `lifetime` ends the record at
   `created + lifetime` whatever the traffic, `hold` (bindttl) is routing policy the store only
@@ -33,13 +36,23 @@ admin API.
 Operations (each atomic; "live" = present and not expired; all but `release` are coroutines)
 ----------
     get(key, now)                          the live record or None
+    touch(key, rules, now)                 a request arrives (issue 9: ONE step per kept-session
+                                           request): the live record with `rules` that is not
+                                           provisional counts it (requests += 1,
+                                           node_requests += 1, last_used = now); any other
+                                           record, or none, is returned untouched. A `Touch`:
+                                           the record after the step, the store's `now`
+                                           (Redis: its own clock), whether it counted
     claim(key, rules, node, now, timings)  create-if-absent: a provisional record for `node`;
                                            returns the live record, ours or a winner's
                                            (compare its rules: a loser may be a mismatch)
-    rebind(key, rules, expected, node, now)
+    rebind(key, rules, expected, node, now, epoch, count)
                                            compare-and-set the node: only if the live record
-                                           has `rules` and still points at `expected`; returns
-                                           the live record after the step (None: gone)
+                                           has `rules`, still points at `expected` and (unless
+                                           `epoch` is None) is at `epoch`; epoch += 1,
+                                           node_requests = 1 if `count` (the moving request was
+                                           counted on arrival) else 0; returns the live record
+                                           after the step (None: gone)
     record(key, rules, node, now, timings) one request reached `node`: requests += 1,
                                            last_used = now, node_requests += 1 if `node` is
                                            the record's node; creates the session if absent
@@ -48,6 +61,13 @@ Operations (each atomic; "live" = present and not expired; all but `release` are
                                            rules
     release(key, node)                     drop the record if it is still provisional and
                                            still points at `node` (a failed first request)
+    refund(key, rules, node, now, epoch, used, previous)
+                                           a request counted by `touch` reached no node: give
+                                           its count back (requests -= 1; node_requests -= 1
+                                           while the record is still on (node, epoch)) and, if
+                                           no request touched it since (last_used == used),
+                                           last_used = previous: the idle expiry counts from the
+                                           last request that reached a node again
     delete(key)                            end a session (admin)
     list(package_id, now)                  live, non-provisional records of a package
     expire(now)                            reclaim expired records (Redis: TTL does it)
@@ -104,6 +124,7 @@ class SessionRecord:
     requests: int  # requests that reached a node; 0: provisional
     node_requests: int  # of those, on node_id since `assigned`
     timings: SessionTimings = NO_TIMINGS
+    epoch: int = 0  # node changes so far: `rebind` compares (node_id, epoch)
 
     @property
     def provisional(self) -> bool:
@@ -123,17 +144,30 @@ class SessionRecord:
         return hold is not None and not self.provisional and now < self.assigned + hold
 
 
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """What `touch` did: the live record after it (None: none, nothing written), the store's
+    time of the step, and whether this request was counted (then `previous` is the
+    `last_used` it replaced, for `refund`)."""
+
+    record: SessionRecord | None
+    now: float
+    counted: bool = False
+    previous: float = 0.0
+
+
 class SessionStore(Protocol):
     """Session records; every method is one atomic step (see the module docstring).
 
-    Coroutines, so that a networked store never blocks the event loop; `release` alone is
-    synchronous and never blocks or raises, because it runs in `finally` under cancellation
-    (a networked store sends it in the background, like `Counters.release`).
+    Coroutines, so that a networked store never blocks the event loop; `release` and `refund`
+    are synchronous and never block or raise, because they run in `finally` under
+    cancellation (a networked store sends them in the background, like `Counters.release`).
     """
 
     @property
     def idle_timeout(self) -> float: ...
     async def get(self, key: SessionKey, now: float) -> SessionRecord | None: ...
+    async def touch(self, key: SessionKey, rules: str, now: float) -> Touch: ...
     async def claim(
         self,
         key: SessionKey,
@@ -143,7 +177,15 @@ class SessionStore(Protocol):
         timings: SessionTimings = NO_TIMINGS,
     ) -> SessionRecord: ...
     async def rebind(
-        self, key: SessionKey, rules: str, expected: str, node_id: str, now: float
+        self,
+        key: SessionKey,
+        rules: str,
+        expected: str,
+        node_id: str,
+        now: float,
+        *,
+        epoch: int | None = None,
+        count: bool = False,
     ) -> SessionRecord | None: ...
     async def record(
         self,
@@ -154,6 +196,17 @@ class SessionStore(Protocol):
         timings: SessionTimings = NO_TIMINGS,
     ) -> SessionRecord | None: ...
     def release(self, key: SessionKey, node_id: str) -> None: ...
+    def refund(
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        *,
+        epoch: int,
+        used: float,
+        previous: float,
+    ) -> None: ...
     async def delete(self, key: SessionKey) -> bool: ...
     async def list(self, package_id: str, now: float) -> list[SessionRecord]: ...
     async def expire(self, now: float) -> int: ...
@@ -192,6 +245,20 @@ class MemorySessionStore:
         with self._lock:
             return self._live(key, now)
 
+    async def touch(self, key: SessionKey, rules: str, now: float) -> Touch:
+        with self._lock:
+            current = self._live(key, now)
+            if current is None or current.rules != rules or current.provisional:
+                return Touch(current, now)
+            record = replace(
+                current,
+                last_used=now,
+                requests=current.requests + 1,
+                node_requests=current.node_requests + 1,
+            )
+            self._put(record)
+            return Touch(record, now, counted=True, previous=current.last_used)
+
     async def claim(
         self,
         key: SessionKey,
@@ -209,7 +276,15 @@ class MemorySessionStore:
             return record
 
     async def rebind(
-        self, key: SessionKey, rules: str, expected: str, node_id: str, now: float
+        self,
+        key: SessionKey,
+        rules: str,
+        expected: str,
+        node_id: str,
+        now: float,
+        *,
+        epoch: int | None = None,
+        count: bool = False,
     ) -> SessionRecord | None:
         with self._lock:
             current = self._live(key, now)
@@ -217,10 +292,17 @@ class MemorySessionStore:
                 current is None
                 or current.rules != rules
                 or current.node_id != expected
+                or (epoch is not None and current.epoch != epoch)
                 or expected == node_id
             ):
                 return current
-            record = replace(current, node_id=node_id, assigned=now, node_requests=0)
+            record = replace(
+                current,
+                node_id=node_id,
+                assigned=now,
+                node_requests=int(count),
+                epoch=current.epoch + 1,
+            )
             self._put(record)
             return record
 
@@ -254,6 +336,35 @@ class MemorySessionStore:
             current = self._records.get(key)
             if current is not None and current.provisional and current.node_id == node_id:
                 self._drop(key)
+
+    def refund(
+        self,
+        key: SessionKey,
+        rules: str,
+        node_id: str,
+        now: float,
+        *,
+        epoch: int,
+        used: float,
+        previous: float,
+    ) -> None:
+        with self._lock:
+            current = self._records.get(key)
+            if current is None or current.rules != rules or current.provisional:
+                return
+            same = current.node_id == node_id and current.epoch == epoch
+            record = replace(
+                current,
+                requests=max(1, current.requests - 1),
+                node_requests=max(0, current.node_requests - same),
+                last_used=previous if current.last_used == used else current.last_used,
+            )
+            if now >= record.expires(self._idle):
+                self._drop(key)  # it lived on this request alone
+                return
+            # last_used may move back: re-file the expiry (the heap assumes it only grows)
+            self._records[key] = record
+            self._file(key, record.expires(self._idle))
 
     async def delete(self, key: SessionKey) -> bool:
         with self._lock:
