@@ -7,6 +7,7 @@ import random
 import pytest
 
 from exitgate.errors import Code, GatewayError
+from exitgate.routing.attempts import Fail
 from exitgate.routing.domains import (
     MAX_BAN_TTL,
     BanRequest,
@@ -15,7 +16,7 @@ from exitgate.routing.domains import (
     domain_of,
     parse_ban,
 )
-from exitgate.routing.failover import Fail, Router, Success
+from exitgate.routing.failover import Router, Success
 from exitgate.routing.health import HealthPolicy, NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.select import Filters

@@ -16,17 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from exitgate.errors import CATALOGUE, Code, GatewayError
 from exitgate.model import Network, Node, NodeAttrs, NodeKind, NodeState
 from exitgate.routing import Filters, NodeIndex
-from exitgate.routing.failover import (
-    Attempt,
-    Attempts,
-    Dial,
-    Fail,
-    Policy,
-    Router,
-    Success,
-    TryNew,
-    TrySame,
-)
+from exitgate.routing.attempts import Attempts, Fail, Policy, TryNew, TrySame
+from exitgate.routing.failover import Attempt, Dial, Router, Success
 from exitgate.routing.health import BreakerState, HealthPolicy, NodeHealth
 from exitgate.routing.sessions import SessionOutcome, SessionTable
 from exitgate.rules import OnError, OnErrorMode, Rotate, RotateKind, Rules

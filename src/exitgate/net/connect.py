@@ -27,8 +27,9 @@ from exitgate.net.conn import Conn
 from exitgate.net.dial import Dialer, NodeFailure
 from exitgate.observe.node_figures import ConnectFigures
 from exitgate.observe.stats import LiveStats
+from exitgate.routing.attempts import Fail
 from exitgate.routing.domains import domain_of
-from exitgate.routing.failover import Fail, Router
+from exitgate.routing.failover import Router
 from exitgate.routing.health import Lease
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.sessions import SessionOutcome

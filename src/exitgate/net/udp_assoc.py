@@ -43,7 +43,8 @@ from exitgate.net.dial import NodeFailure
 from exitgate.net.udp_exits import SOCKET_BUFFER, Deliver, Exit, open_direct, open_upstream
 from exitgate.net.udp_route import UdpRouter
 from exitgate.net.udp_stats import UdpStats
-from exitgate.routing.failover import Fail, Router
+from exitgate.routing.attempts import Fail
+from exitgate.routing.failover import Router
 from exitgate.routing.health import Lease
 from exitgate.routing.select import Filters
 from exitgate.settings import UdpSettings

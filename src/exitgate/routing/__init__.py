@@ -1,18 +1,15 @@
 """Routing: which node serves a request. Re-exports only."""
 
-from exitgate.routing.failover import (
+from exitgate.routing.attempts import (
     MAX_REPLACEMENTS,
     Action,
-    Attempt,
     Attempts,
-    Dial,
     Fail,
     Policy,
-    Router,
-    Success,
     TryNew,
     TrySame,
 )
+from exitgate.routing.failover import Attempt, Dial, Router, Success
 from exitgate.routing.health import BreakerState, HealthPolicy, Lease, NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.lookalike import Likeness, likeness, lookalike_filters
