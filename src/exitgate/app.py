@@ -15,25 +15,18 @@ import contextlib
 import logging
 import os
 import secrets
-import socket
 import time
-from collections.abc import Awaitable, Iterator, Sized
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import uvicorn
-from fastapi import APIRouter, HTTPException
 from redis.asyncio import Redis
 
-from exitgate.admin.api import create_admin_app
-from exitgate.admin.api_bans import bans_router
-from exitgate.admin.api_self import GatewayReads
-from exitgate.admin.api_webhooks import webhook_routes
-from exitgate.admin.dashboard import Dashboard, Parts
 from exitgate.admission import Admission, DestinationPolicy, Lease
+from exitgate.app_admin import start_admin
 from exitgate.auth_reports import report_failures, throttle_from
 from exitgate.cluster.directory import AgentDirectory
 from exitgate.cluster.health import HealthBoard
-from exitgate.cluster.health import merge as merge_health
 from exitgate.cluster.interlink import Interlink
 from exitgate.events import EventBus
 from exitgate.hub.server import Hub, build_hub
@@ -44,7 +37,6 @@ from exitgate.net.dial import Dialer
 from exitgate.net.server import ProxyServer, tls_context
 from exitgate.net.udp_assoc import UdpService
 from exitgate.observe.accesslog import AccessLog
-from exitgate.observe.metrics import Sources, metrics_router
 from exitgate.observe.node_figures import ConnectFigures, NodeConnects
 from exitgate.observe.stats import LiveStats
 from exitgate.policy.ratelimit import Limiter
@@ -56,7 +48,7 @@ from exitgate.routing.health import NodeHealth
 from exitgate.routing.index import NodeIndex
 from exitgate.routing.sessions import SessionTable
 from exitgate.services import AccountService, LeaseKeeper, UsageService
-from exitgate.settings import Settings, split_hostport
+from exitgate.settings import Settings
 from exitgate.store.bans import MemoryBanStore
 from exitgate.store.base import AccountStore, open_store
 from exitgate.store.changes import ChangeFeed
@@ -66,7 +58,6 @@ from exitgate.store.history import HistoryStore, HistoryWriter
 from exitgate.store.redis_errors import RedisErrorLog
 from exitgate.store.redis_sessions import RedisClock, RedisSessionStore
 from exitgate.store.sessions import MemorySessionStore
-from exitgate.targeting import TargetingCounts
 from exitgate.tasks import spawn
 from exitgate.webhooks.service import WebhookService
 from exitgate.webhooks.vault import Vault
@@ -127,14 +118,6 @@ def admin_token(settings: Settings) -> tuple[str, bool]:
     return stored_secret(settings, settings.admin.token, TOKEN_FILE)
 
 
-class _AdminServer(uvicorn.Server):
-    """uvicorn without its signal capture: `serve` owns SIGINT/SIGTERM for every part."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -183,10 +166,10 @@ class Gateway:
         self.keeper: LeaseKeeper | None = None
         self.token = ""
         self.token_generated = False
-        self._admin: uvicorn.Server | None = None
-        self._admin_task: asyncio.Task[None] | None = None
+        self.admin_server: uvicorn.Server | None = None
+        self.admin_task: asyncio.Task[None] | None = None
         self.history: HistoryWriter | None = None  # the dashboard's per-minute sampler
-        self._proxy_bound: tuple[str, int] = ("127.0.0.1", 0)
+        self.proxy_bound: tuple[str, int] = ("127.0.0.1", 0)
         self.node_connects: dict[str, NodeConnects] = ConnectFigures()
         self.node_bytes: dict[str, list[int]] = {}  # node id → [up, down], by ProxyContext
 
@@ -373,7 +356,7 @@ class Gateway:
         self.proxy = ProxyServer(ctx, tls)
         self.stats.clients = self.proxy.clients
         proxy_bound = await self.proxy.listen(settings.proxy.listen)
-        self._proxy_bound = proxy_bound
+        self.proxy_bound = proxy_bound
         extra = []
         if settings.proxy.http_listen:
             extra.append(await self.proxy.listen(settings.proxy.http_listen, "http"))
@@ -390,132 +373,8 @@ class Gateway:
         self.token, self.token_generated = admin_token(settings)
         if settings.dashboard.enabled:
             self._start_history()  # every worker samples its own traffic into the store
-        admin_bound = await self._start_admin()
+        admin_bound = await start_admin(self)
         return Bound(proxy_bound, admin_bound, tuple(extra), hub_bound)
-
-    def _routers(self) -> list[APIRouter]:
-        router = APIRouter()
-        recorder = self.recorder
-        registry = self.registry
-        sessions = self.sessions
-        shared_errors = self.error_log
-        board = self.health_board
-        health = self.health
-
-        def known(package_id: str) -> None:
-            if registry.package(package_id) is None:
-                raise HTTPException(404, f"package not found: {package_id}")
-
-        @router.get("/v1/packages/{package_id}/errors", tags=["packages"])
-        async def package_errors(package_id: str) -> list[dict[str, object]]:
-            known(package_id)
-            if shared_errors is not None:
-                try:
-                    return await shared_errors.recent(package_id)  # every instance's errors
-                except Exception as exc:
-                    log.warning("shared errors log unreadable, showing this instance's: %s", exc)
-            return recorder.recent_errors(package_id)
-
-        @router.get("/v1/health/nodes", tags=["nodes"])
-        async def node_health() -> dict[str, dict[str, object]]:
-            """Nodes some instance has news of (breaker not closed, failures, penalty): the
-            worst state and each instance's view (healthy nodes are left out)."""
-            if board is not None:
-                return await board.read()
-            return merge_health({self.instance_id: health.summary()})
-
-        @router.get("/v1/sessions", tags=["sessions"])
-        async def list_sessions(package_id: str) -> list[dict[str, object]]:
-            known(package_id)
-            now = time.time()
-            return [
-                {
-                    "package_id": r.key.package_id,
-                    "session": r.key.session_id,
-                    "node_id": r.node_id,
-                    "rules": r.rules,
-                    "created": r.created,
-                    "age": round(now - r.created, 3),
-                    "last_used": r.last_used,
-                    "node_since": r.assigned,
-                    "requests": r.requests,
-                    "expires": r.expires(sessions.idle_timeout),
-                }
-                for r in await sessions.list(package_id)
-                if not r.provisional
-            ]
-
-        @router.delete("/v1/sessions/{package_id}/{session_id}", tags=["sessions"], status_code=204)
-        async def end_session(package_id: str, session_id: str) -> None:
-            known(package_id)
-            if not await sessions.end(package_id, session_id):
-                raise HTTPException(404, f"session not found: {session_id}")
-
-        def node_known(node_id: str) -> bool:
-            return self.index.get(node_id) is not None
-
-        bans = bans_router(self.bans, lambda p: registry.package(p) is not None, node_known)
-        return [router, bans]
-
-    def _webhook_routers(self) -> list[APIRouter]:
-        return [] if self.webhooks is None else [webhook_routes(self.webhooks)]
-
-    def _metrics_sources(self) -> Sources:
-        hub, usage = self.hub, self.usage
-
-        def agents() -> tuple[int, int]:
-            return (len(hub.live), hub.reconnects) if hub is not None else (0, 0)
-
-        def flushed_at() -> float:
-            return usage.flushed_at if usage is not None else time.time()
-
-        store = self.sessions.store
-        counters = self.counters
-
-        def degraded() -> dict[str, int]:
-            sessions = int(getattr(store, "down", False))
-            limits = int(isinstance(counters, FailoverCounters) and counters.degraded)
-            return {"sessions": sessions, "limits": limits}
-
-        def interlink() -> tuple[int, int]:
-            link = self.interlink
-            return (link.forwarded, link.carried) if link is not None else (0, 0)
-
-        udp = self.proxy.ctx.udp if self.proxy is not None else None
-        return Sources(
-            stats=self.stats,
-            nodes=self.registry.nodes.values,
-            agents=agents,
-            sessions=store if isinstance(store, Sized) else None,
-            flushed_at=flushed_at,
-            degraded=degraded,  # 0 without Redis: the families are always there
-            interlink=interlink,
-            udp=udp.stats if udp is not None else None,
-        )
-
-    def _reads(self) -> GatewayReads:
-        """What the catalogue and self-service routes read (issue 13): memory, no database."""
-        if self.usage is None or self.counters is None:
-            raise RuntimeError("start usage and counters before the admin API")
-        return GatewayReads(
-            registry=self.registry,
-            targeting=TargetingCounts.follow(self.registry),
-            recorder=self.recorder,
-            shared_errors=None if self.error_log is None else self.error_log.recent,
-            sessions=self.sessions,
-            counters=self.counters,
-            usage_totals=self.usage.totals,
-            usage_buckets=self.usage.buckets,
-            bans=self._package_bans,
-        )
-
-    async def _package_bans(self, package_id: str) -> list[dict[str, object]]:
-        now = time.time()
-        return [
-            {"domain": b.domain, "node_id": b.node_id, "reason": b.reason,
-             "created": b.created, "until": b.until, "left": round(b.until - now, 3)}
-            for b in await self.bans.list(package_id)
-        ]  # fmt: skip
 
     def _start_history(self) -> None:
         """The dashboard's per-minute history of `self.stats`, written to the store."""
@@ -528,59 +387,6 @@ class Gateway:
             retention=settings.retention_days * 86400,
         )
         self.history.start()
-
-    def _dashboard(self) -> Dashboard:
-        """The web dashboard (issue 11), on the instance that serves the admin API."""
-        assert self.service is not None and self.usage is not None and self.history is not None
-        parts = Parts(
-            self.service, self.usage, self.recorder, self.sessions, self.health, self.stats,
-            self.history.store, self.history, self.hub, self._proxy_bound,
-            self.node_bytes,
-            self.node_connects,
-            self.error_log,
-            self.webhooks,
-        )
-        return Dashboard(parts, self.token, self.settings.dashboard)
-
-    async def _start_admin(self) -> tuple[str, int]:
-        if not self.settings.admin.listen:
-            return ("", 0)  # a worker other than the first: worker 0 serves the admin API
-        if self.service is None or self.usage is None:
-            raise RuntimeError("start the store and usage before the admin API")
-        dashboard = self._dashboard() if self.settings.dashboard.enabled else None
-        app = create_admin_app(
-            self.service,
-            self.token,
-            extra_routers=[
-                *self._routers(),
-                *self._webhook_routers(),
-                *(dashboard.api_routers() if dashboard else []),
-            ],
-            public_routers=[metrics_router(self._metrics_sources())],
-            usage_provider=self.usage.totals,
-            usage_buckets=self.usage.buckets,
-            reads=self._reads(),
-            max_body_bytes=self.settings.admin.max_body_bytes,
-        )
-        if dashboard is not None:
-            dashboard.install(app)
-        host, port = split_hostport(self.settings.admin.listen)
-        # Bound here, not by uvicorn: a busy port is then an OSError for `serve` to report,
-        # instead of uvicorn's sys.exit inside a task.
-        sock = socket.create_server(
-            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
-        )
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        server = _AdminServer(config)
-        self._admin = server
-        self._admin_task = spawn(server.serve(sockets=[sock]), "admin-api")
-        while not server.started:
-            if self._admin_task.done():
-                self._admin_task.result()
-                raise RuntimeError("admin API stopped during start")
-            await asyncio.sleep(0.01)
-        sock = server.servers[0].sockets[0].getsockname()
-        return str(sock[0]), int(sock[1])
 
     async def stop(self, grace: float = 5.0) -> None:
         """Drain the proxy first, so the last usage flush sees every relayed byte."""
@@ -622,9 +428,9 @@ class Gateway:
             await closer()
         if self.webhooks is not None:  # after the edges: their last events reach the outbox
             await self.webhooks.close()
-        if self._admin is not None and self._admin_task is not None:
-            self._admin.should_exit = True
+        if self.admin_server is not None and self.admin_task is not None:
+            self.admin_server.should_exit = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._admin_task, timeout=grace)
+                await asyncio.wait_for(self.admin_task, timeout=grace)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
