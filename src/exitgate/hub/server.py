@@ -2,9 +2,10 @@
 
 One `AgentLink` per agent TCP connection: first the hello line (protocol.py), then HTTP/2
 with the hub as the client (mux.py). A registered agent is live in `_live` under its id and
-its node is kept in the store by `AgentBook` (nodes.py). One ticker task serves every link
-(hello deadlines, PINGs, silence, flood budgets): no timer per connection, which keeps an
-idle agent at a few kilobytes.
+its node is kept in the store by `AgentBook` (nodes.py). Each link has one timer: the hello
+deadline until the hello, then its keepalive (hub/keepalive.py: a PING only to an agent silent
+for `[hub] keepalive`, dead after `[hub] keepalive_timeout`). Nothing visits every link
+periodically, so an idle agent costs one PING round trip per keepalive interval.
 
 Failure mapping for `dial` (what routing sees):
 - agent unknown, offline, draining, at its stream limit, gone or silent before answering,
@@ -17,7 +18,6 @@ Failure mapping for `dial` (what routing sees):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import ssl
@@ -52,13 +52,16 @@ from exitgate.net.dial import NodeFailure
 from exitgate.registry import Registry
 from exitgate.services import AccountService
 from exitgate.settings import HubSettings, split_hostport
-from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.hub")
 
-TICK: Final = 0.25
 HELLO_TIMEOUT: Final = 5.0
 ANSWER_SLACK: Final = 2.0  # beyond the connect timeout the agent itself enforces
+# A tunnel opened on a link quiet for PROBE_AFTER, or a newcomer claiming a connected id,
+# PINGs the link: unanswered within PROBE_TIMEOUT, it is dead (instead of at the keepalive
+# timeout), so a request waiting on a silently dead agent fails over within seconds.
+PROBE_AFTER: Final = 1.0
+PROBE_TIMEOUT: Final = 3.0
 
 
 class AgentLink(Mux):
@@ -82,6 +85,11 @@ class AgentLink(Mux):
         name = transport.get_extra_info("peername")
         self.peer = f"{name[0]}:{name[1]}" if name else "?"
         self.hub.links.add(self)
+        self.arm(self.started + self.hub.hello_timeout, self._hello_late)
+
+    def _hello_late(self) -> None:
+        if self.h2 is None and not self.closed:
+            self.hub.refuse(self, HelloError(RefusalKind.PROTOCOL, "no hello in time"))
 
     def preamble_received(self, data: bytes) -> None:
         if self.hello is not None:
@@ -112,6 +120,10 @@ class AgentLink(Mux):
     def on_closed(self, reason: str) -> None:
         self.hub.link_closed(self, reason)
 
+    def dead(self, reason: str) -> None:
+        log.warning("agent %s dead: %s", self.agent_id or self.peer, reason)
+        self.fail(reason, hard=True)
+
 
 class Hub:
     def __init__(
@@ -128,7 +140,9 @@ class Hub:
         self.sweep = sweep
         self.registry = registry
         self.allow_private = allow_private
-        self.limits = limits or MuxLimits()
+        self.limits = limits or MuxLimits(
+            ping_interval=settings.keepalive, silence_timeout=settings.keepalive_timeout
+        )
         self.links: set[AgentLink] = set()
         self.live: dict[str, AgentLink] = {}
         self.seen: set[str] = set()  # agent ids registered since start (for `reconnects`)
@@ -137,7 +151,6 @@ class Hub:
         self.address: tuple[str, int] = ("", 0)
         self.hello_timeout = HELLO_TIMEOUT
         self._server: asyncio.Server | None = None
-        self._ticker: asyncio.Task[None] | None = None
         self._token = settings.token.encode()
         # set by the cluster interlink: how to reach an agent another instance holds
         self.forward: Callable[[Node, Target, float], Awaitable[Conn]] | None = None
@@ -167,16 +180,11 @@ class Hub:
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
-        self._ticker = spawn(self._tick(), "hub-ticker")
         if self.sweep:
             self.book.sweep()  # nodes left online by a previous run of this gateway
         return self.address
 
     async def close(self, grace: float = 5.0) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
         if self._server is not None:
             self._server.close()
         for link in list(self.links):
@@ -205,7 +213,10 @@ class Hub:
         link.agent_id = hello.agent_id
         link.ip = hello.ip or link.peer.rpartition(":")[0].strip("[]")
         previous = self.live.get(hello.agent_id)
-        if previous is not None and previous.alive(time.monotonic()):
+        now = time.monotonic()
+        if previous is not None and previous.alive(now):
+            if now - previous.last_rx > PROBE_AFTER:
+                previous.probe(PROBE_TIMEOUT)  # a restarted agent's dead connection goes soon
             # Two live agents claiming one id would knock each other off forever. The one
             # connected keeps its place; the newcomer is refused as transient (it backs off
             # and retries, and gets in once the other is really gone: a restarted agent's old
@@ -231,7 +242,7 @@ class Hub:
         log.info("agent %s registered from %s", hello.agent_id, link.peer)
         if self.on_agent is not None:
             self.on_agent(hello.agent_id, link)
-        self.book.sync(hello.agent_id)
+        self.book.sync(hello.agent_id, Wanted(hello.attrs, link.ip))
 
     def refuse(self, link: AgentLink, exc: HelloError, agent_id: str = "") -> None:
         # The reason never contains the token (protocol.parse_hello promises it).
@@ -258,21 +269,6 @@ class Hub:
         if link is None or link.closed or link.draining or link.hello is None:
             return None
         return Wanted(link.hello.attrs, link.ip)
-
-    # -- liveness --------------------------------------------------------------------------------
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            now = time.monotonic()
-            for link in list(self.links):
-                if link.closed:
-                    self.links.discard(link)
-                elif link.h2 is None:
-                    if now - link.started > self.hello_timeout:
-                        self.refuse(link, HelloError(RefusalKind.PROTOCOL, "no hello in time"))
-                elif (reason := link.heartbeat(now)) is not None:
-                    log.warning("agent %s dead: %s", link.agent_id, reason)
-                    link.fail(reason, hard=True)
 
     # -- dialing ---------------------------------------------------------------------------------
     async def dial(self, node: Node, target: Target, connect_timeout: float) -> Conn:
@@ -316,6 +312,8 @@ async def open_tunnel(
     """Open a CONNECT stream on `link` and wait for its answer: a `Conn` on the stream, or
     `NodeFailure` / the target's `GatewayError` (see the module docstring)."""
     extra: dict[str, Any] = {"peername": (target.host, target.port), "agent": node.id}
+    if time.monotonic() - link.last_rx > PROBE_AFTER:
+        link.probe(PROBE_TIMEOUT)
     try:
         stream = link.open_stream(headers, extra)
     except H2Error as exc:
