@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from exitgate.model import NodeKind, NodeState
+from exitgate.store.base import open_store
 from tests.support.agents import (
     HUB_TOKEN,
     RawAgent,
@@ -20,7 +21,6 @@ from tests.support.agents import (
     raw_agent,
     wait_until,
 )
-from exitgate.store.base import open_store
 from tests.support.gateway import GatewayThread
 from tests.unit.test_agent_writes import check_sync_agents
 

@@ -372,6 +372,36 @@ def test_silent_agent_is_offline_within_the_keepalive_timeout_then_reconnects(
         b.stop()
 
 
+def test_a_tunnel_to_a_silently_dead_agent_fails_over_within_the_probe_timeout(
+    agw: GatewayThread, key: str, origin: Origin, tmp_path: Path
+) -> None:
+    """Default keepalive (dead after 20 s of silence), but a tunnel opened on a link quiet for
+    over a second PINGs it first: unanswered within 3 s, the agent is dead and the request
+    goes to the other agent."""
+    hub = hub_of(agw)
+    assert hub.limits.silence_timeout == 20.0
+    a = AgentProcess(hub, "pr-a", "--country", "fr", "--bind", "127.0.0.12", tmp=tmp_path)
+    b = AgentProcess(hub, "pr-b", "--country", "fr", "--bind", "127.0.0.13", tmp=tmp_path)
+    try:
+        wait_online(agw, "pr-a")
+        wait_online(agw, "pr-b")
+        time.sleep(1.2)  # both links quiet for more than PROBE_AFTER
+        a.signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        served = set()
+        while node_state(agw, "pr-a") is not NodeState.OFFLINE:
+            assert time.monotonic() - stopped < 8, "not found dead by the probe"
+            started = time.monotonic()
+            served.add(ip_through_tunnel(agw, "country-fr", key, origin))
+            assert time.monotonic() - started < 3.0 + 2.0  # probe timeout, then failover
+        assert time.monotonic() - stopped < 3.0 + 2.0
+        assert ip_through_tunnel(agw, "country-fr", key, origin) == "127.0.0.13"
+        a.signal(signal.SIGCONT)
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_sigterm_drains_open_tunnels_then_exits(
     agw: GatewayThread, key: str, echo: EchoServer, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ import hmac
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -62,18 +63,23 @@ ANSWER_SLACK: Final = 2.0  # beyond the connect timeout the agent itself enforce
 # timeout), so a request waiting on a silently dead agent fails over within seconds.
 PROBE_AFTER: Final = 1.0
 PROBE_TIMEOUT: Final = 3.0
+# Hellos are admitted this many per event-loop turn: a reconnect burst of thousands of agents
+# (a hub restart) queues here instead of stalling the loop (and every tunnel on it) for
+# seconds, and a hello whose agent gave up meanwhile is dropped unprocessed.
+ADMIT_BATCH: Final = 32
 
 
 class AgentLink(Mux):
     """One agent's connection, hub side."""
 
-    __slots__ = ("_buf", "agent_id", "draining", "hello", "hub", "ip", "peer")
+    __slots__ = ("_buf", "_line", "agent_id", "draining", "hello", "hub", "ip", "peer")
     client_side = True
 
     def __init__(self, hub: Hub) -> None:
         super().__init__(hub.limits)
         self.hub = hub
         self._buf = bytearray()
+        self._line: bytes | None = None  # the hello line, waiting in the hub's queue
         self.hello: Hello | None = None
         self.agent_id = ""
         self.ip = ""
@@ -88,13 +94,17 @@ class AgentLink(Mux):
         self.arm(self.started + self.hub.hello_timeout, self._hello_late)
 
     def _hello_late(self) -> None:
-        if self.h2 is None and not self.closed:
+        if self._line is None and self.h2 is None and not self.closed:
             self.hub.refuse(self, HelloError(RefusalKind.PROTOCOL, "no hello in time"))
 
     def preamble_received(self, data: bytes) -> None:
         if self.hello is not None:
             return
         self._buf += data
+        if self._line is not None:  # queued: an agent waits for OK before saying more
+            if len(self._buf) > MAX_HELLO:
+                self.hub.refuse(self, HelloError(RefusalKind.PROTOCOL, "data before OK"))
+            return
         head = bytes(self._buf[: len(MAGIC)])
         if not MAGIC.startswith(head):
             # not our protocol (a TLS client on a plain hub, a port scanner): no need to wait
@@ -105,9 +115,14 @@ class AgentLink(Mux):
             if len(self._buf) > MAX_HELLO:
                 self.hub.refuse(self, HelloError(RefusalKind.PROTOCOL, "hello line too long"))
             return
-        line, rest = bytes(self._buf[:end]), bytes(self._buf[end + 1 :])
+        self._line = bytes(self._buf[:end])
+        del self._buf[: end + 1]
+        self.hub.queue(self)
+
+    def take_hello(self) -> tuple[bytes, bytes]:
+        line, rest = self._line or b"", bytes(self._buf)
         self._buf = bytearray()
-        self.hub.admit(self, line, rest)
+        return line, rest
 
     def on_settings(self, changed: dict[int, int]) -> None:
         if changed.get(SettingCodes.MAX_CONCURRENT_STREAMS) == 0 and not self.draining:
@@ -151,6 +166,8 @@ class Hub:
         self.address: tuple[str, int] = ("", 0)
         self.hello_timeout = HELLO_TIMEOUT
         self._server: asyncio.Server | None = None
+        self._hellos: deque[AgentLink] = deque()  # hellos received, not yet admitted
+        self._admitting = False
         self._token = settings.token.encode()
         # set by the cluster interlink: how to reach an agent another instance holds
         self.forward: Callable[[Node, Target, float], Awaitable[Conn]] | None = None
@@ -192,6 +209,23 @@ class Hub:
         await self.book.settle(grace)
 
     # -- registration ----------------------------------------------------------------------------
+    def queue(self, link: AgentLink) -> None:
+        self._hellos.append(link)
+        if not self._admitting:
+            self._admitting = True
+            asyncio.get_running_loop().call_soon(self._admit_some)
+
+    def _admit_some(self) -> None:
+        hellos = self._hellos
+        for _ in range(min(ADMIT_BATCH, len(hellos))):
+            link = hellos.popleft()
+            if not link.closed:  # an agent that gave up waiting costs nothing more
+                self.admit(link, *link.take_hello())
+        if hellos:
+            asyncio.get_running_loop().call_soon(self._admit_some)  # after other I/O
+        else:
+            self._admitting = False
+
     def admit(self, link: AgentLink, line: bytes, rest: bytes) -> None:
         try:
             hello = parse_hello(line)

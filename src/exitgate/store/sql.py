@@ -281,8 +281,10 @@ class SqlStore:
                 })  # fmt: skip
                 names.update((k, v) for k, v in (("region", a.region), ("city", a.city),
                                                  ("isp", a.isp)) if v)
-            for chunk in _chunks(rows):
-                stmt = upsert(nodes).values(chunk)
+            if rows:
+                # one statement, compiled once (cached), executed for many rows: the driver
+                # batches them (psycopg's pipeline / SQLAlchemy's insertmanyvalues)
+                stmt = upsert(nodes)
                 new_row = stmt.excluded
                 keep_draining = sa.case(
                     (nodes.c.state == NodeState.DRAINING.value, nodes.c.state),
@@ -292,7 +294,7 @@ class SqlStore:
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=[nodes.c.id], set_=changed,
                     where=nodes.c.kind == NodeKind.AGENT.value,
-                ))  # fmt: skip
+                ), rows)  # fmt: skip
             ids = [r["id"] for r in rows]
             for chunk in _chunks([{"id": i} for i in offline]):
                 conn.execute(
