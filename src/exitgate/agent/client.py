@@ -63,7 +63,10 @@ from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.agent")
 
-CONNECT_TIMEOUT: Final = 10.0
+CONNECT_TIMEOUT: Final = 10.0  # TCP (and TLS) connect
+# The hub's answer once connected: a hub busy with a reconnect burst (a restart) queues
+# hellos; an agent leaving the queue to retry later only makes the burst last longer.
+REPLY_TIMEOUT: Final = 30.0
 AGENT_LIMITS: Final = MuxLimits(ping_interval=15.0, silence_timeout=30.0)
 
 
@@ -207,9 +210,10 @@ class Agent:
                     ssl=config.tls,
                     server_hostname=host if config.tls is not None else None,
                 )
+            async with asyncio.timeout(REPLY_TIMEOUT):
                 reply = await link.reply
         except (OSError, TimeoutError) as exc:
-            log.warning("hub %s unreachable: %s", config.hub, exc or type(exc).__name__)
+            log.warning("hub %s unreachable: %s", config.hub, str(exc) or type(exc).__name__)
             if link is not None:
                 link.fail("no answer", hard=True)
             return "retry"

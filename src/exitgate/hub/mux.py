@@ -186,6 +186,8 @@ class Mux(asyncio.Protocol):
         self.h2 = h2
         self.guard = FrameGuard(limits.max_frame, 0 if self.client_side else len(PREFACE))
         self._flush()
+        # the keepalive starts now: a hello may have waited in the hub's admission queue
+        self.last_rx = time.monotonic()
         self.arm(self.last_rx + limits.ping_interval, self._keepalive)
         if rest:
             self._receive(rest)
