@@ -196,6 +196,17 @@ class AccountService:
             self.registry.put_node(node)
         return node
 
+    async def sync_agent_nodes(
+        self, online: Sequence[NewNode], offline: Sequence[str]
+    ) -> list[Node]:
+        """Many agent nodes in one store transaction (the hub's batched writes): one turn of
+        the write lock for a burst of registrations instead of one each."""
+        async with self._write:
+            found = await asyncio.to_thread(self.store.sync_agents, online, offline)
+            for node in found:
+                self.registry.put_node(node)
+        return found
+
     async def delete_node(self, node_id: str) -> None:
         async with self._write:
             await asyncio.to_thread(self.store.delete_node, node_id)

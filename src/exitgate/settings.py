@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 ENV_PREFIX = "EXITGATE_"
 
@@ -112,11 +119,22 @@ class HubSettings(_Section):
     tls_cert: str = ""
     tls_key: str = ""
     reuse_port: bool = False  # SO_REUSEPORT: several workers share the port (`--workers`)
+    # an agent silent this long gets a PING; one silent for keepalive_timeout is dead (the
+    # bound on noticing a silently dead agent; hub/keepalive.py)
+    keepalive: float = Field(default=10.0, ge=0.05, le=600.0)
+    keepalive_timeout: float = Field(default=20.0, ge=0.1, le=1800.0)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         return v if v == "" else _check_listen(v)
+
+    @field_validator("keepalive_timeout")
+    @classmethod
+    def _keepalive_timeout(cls, v: float, info: ValidationInfo) -> float:
+        if v <= info.data.get("keepalive", 0.0):
+            raise ValueError("must be longer than keepalive")
+        return v
 
 
 class ClusterSettings(_Section):

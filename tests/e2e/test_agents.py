@@ -340,10 +340,14 @@ def test_killed_agent_fails_over_within_five_seconds(
         b.stop()
 
 
-def test_silent_agent_is_offline_within_five_seconds_then_reconnects(
+def test_silent_agent_is_offline_within_the_keepalive_timeout_then_reconnects(
     agw: GatewayThread, key: str, origin: Origin, tmp_path: Path
 ) -> None:
+    """The keepalive bound: a silent agent is dead `keepalive_timeout` after its last frame
+    (2 s here; 20 s by default), whether or not a tunnel is waiting on it."""
     hub = hub_of(agw)
+    default = hub.limits
+    hub.limits = dataclasses.replace(default, ping_interval=0.5, silence_timeout=2.0)
     a = AgentProcess(hub, "sil-a", "--country", "us", "--bind", "127.0.0.10", tmp=tmp_path)
     b = AgentProcess(hub, "sil-b", "--country", "us", "--bind", "127.0.0.11", tmp=tmp_path)
     try:
@@ -358,10 +362,41 @@ def test_silent_agent_is_offline_within_five_seconds_then_reconnects(
         wait_until(lambda: node_state(agw, "sil-a") is NodeState.OFFLINE, 5.5, 0.02)
         detected = time.monotonic() - stopped
         print(f"silent agent offline after {detected:.2f} s")
-        assert detected < 5.0
+        assert detected < 2.0 + 1.0  # the timeout, plus the node write and polling
         assert ip_through_tunnel(agw, "country-us", key, origin) == "127.0.0.11"
         a.signal(signal.SIGCONT)
         wait_online(agw, "sil-a", timeout=15)  # it notices, backs off, comes back
+    finally:
+        hub.limits = default
+        a.stop()
+        b.stop()
+
+
+def test_a_tunnel_to_a_silently_dead_agent_fails_over_within_the_probe_timeout(
+    agw: GatewayThread, key: str, origin: Origin, tmp_path: Path
+) -> None:
+    """Default keepalive (dead after 20 s of silence), but a tunnel opened on a link quiet for
+    over a second PINGs it first: unanswered within 3 s, the agent is dead and the request
+    goes to the other agent."""
+    hub = hub_of(agw)
+    assert hub.limits.silence_timeout == 20.0
+    a = AgentProcess(hub, "pr-a", "--country", "fr", "--bind", "127.0.0.12", tmp=tmp_path)
+    b = AgentProcess(hub, "pr-b", "--country", "fr", "--bind", "127.0.0.13", tmp=tmp_path)
+    try:
+        wait_online(agw, "pr-a")
+        wait_online(agw, "pr-b")
+        time.sleep(1.2)  # both links quiet for more than PROBE_AFTER
+        a.signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        served = set()
+        while node_state(agw, "pr-a") is not NodeState.OFFLINE:
+            assert time.monotonic() - stopped < 8, "not found dead by the probe"
+            started = time.monotonic()
+            served.add(ip_through_tunnel(agw, "country-fr", key, origin))
+            assert time.monotonic() - started < 3.0 + 2.0  # probe timeout, then failover
+        assert time.monotonic() - stopped < 3.0 + 2.0
+        assert ip_through_tunnel(agw, "country-fr", key, origin) == "127.0.0.13"
+        a.signal(signal.SIGCONT)
     finally:
         a.stop()
         b.stop()
@@ -585,9 +620,9 @@ async def test_stalled_reader_is_cut_off_with_bounded_buffers(
     control (its sends block), the hub's buffers stay small, and the agent is dropped when its
     PING answers stop."""
     hub = hub_of(agw)
-    # this link only: PINGs unanswered for 1.5 s end it (the default is 3.5 s)
+    # this link only: a PING every 0.5 s while it has a tunnel, unanswered after 1 s ends it
     default = hub.limits
-    hub.limits = dataclasses.replace(default, silence_timeout=1.5)
+    hub.limits = dataclasses.replace(default, ping_interval=0.5, silence_timeout=1.5)
     bad = await raws(hello_for("stall-1"), answer=True)
     hub.limits = default
     assert (await asyncio.wait_for(bad.reply, 5)).startswith(b"OK")

@@ -14,7 +14,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PURE = ("exitgate.errors", "exitgate.model", "exitgate.rules", "exitgate.geo",
-        "exitgate.admission", "exitgate.wire", "exitgate.routing", "exitgate.policy")
+        "exitgate.admission", "exitgate.wire", "exitgate.routing", "exitgate.policy",
+        "exitgate.hub.keepalive")
 FORBIDDEN = ("asyncio", "socket", "ssl", "selectors", "uvloop", "sqlalchemy", "psycopg",
              "fastapi", "starlette", "uvicorn", "httpx", "redis", "h2", "exitgate.net",
              "exitgate.app", "exitgate.admin", "exitgate.cli", "exitgate.store.sql",

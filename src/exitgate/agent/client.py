@@ -12,8 +12,10 @@ kind, then `splice` the stream's `Conn` with the target's `Conn`: the same relay
 gateway's, over the stream transport (hub/stream.py), so DATA is acknowledged only as the
 target socket takes the bytes.
 
-Liveness: the agent PINGs the hub and gives up on a connection silent for
-`silence_timeout` (the hub PINGs too and is quicker to judge). Draining (SIGTERM): announce
+Liveness (hub/keepalive.py): the agent PINGs a hub silent for `ping_interval` (15 s) and gives
+up on one silent for `silence_timeout` (30 s). The hub's own keepalive (10 s by default) is
+shorter, so against a live hub its PINGs keep this side quiet: one round trip per hub
+interval per agent, whoever starts it. Draining (SIGTERM): announce
 MAX_CONCURRENT_STREAMS 0 (the hub stops opening tunnels and marks the node offline; h2's
 GOAWAY would kill the open streams), refuse stragglers with REFUSED_STREAM (the gateway picks
 another node), let open tunnels finish up to `drain_timeout`, then close and exit 0. A second
@@ -61,9 +63,11 @@ from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.agent")
 
-TICK: Final = 0.5
-CONNECT_TIMEOUT: Final = 10.0
-AGENT_LIMITS: Final = MuxLimits(ping_interval=2.0, silence_timeout=6.0)
+CONNECT_TIMEOUT: Final = 10.0  # TCP (and TLS) connect
+# The hub's answer once connected: a hub busy with a reconnect burst (a restart) queues
+# hellos; an agent leaving the queue to retry later only makes the burst last longer.
+REPLY_TIMEOUT: Final = 30.0
+AGENT_LIMITS: Final = MuxLimits(ping_interval=15.0, silence_timeout=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,10 @@ class HubLink(Mux):
 
     def on_request(self, stream: StreamTransport, headers: Headers) -> None:
         self.agent.handle(self, stream, headers)
+
+    def dead(self, reason: str) -> None:
+        log.warning("hub connection dead: %s", reason)
+        self.fail(reason, hard=True)
 
     def on_closed(self, reason: str) -> None:
         if not self.reply.done():
@@ -202,9 +210,10 @@ class Agent:
                     ssl=config.tls,
                     server_hostname=host if config.tls is not None else None,
                 )
+            async with asyncio.timeout(REPLY_TIMEOUT):
                 reply = await link.reply
         except (OSError, TimeoutError) as exc:
-            log.warning("hub %s unreachable: %s", config.hub, exc or type(exc).__name__)
+            log.warning("hub %s unreachable: %s", config.hub, str(exc) or type(exc).__name__)
             if link is not None:
                 link.fail("no answer", hard=True)
             return "retry"
@@ -226,12 +235,7 @@ class Agent:
         return "registered"
 
     async def _serve(self, link: HubLink) -> None:
-        while not link.closed:
-            await asyncio.wait({link.done}, timeout=TICK)
-            reason = link.heartbeat(time.monotonic())
-            if reason is not None:
-                log.warning("hub connection dead: %s", reason)
-                link.fail(reason, hard=True)
+        await asyncio.shield(link.done)  # the link's keepalive ends it if the hub goes silent
         if not self.draining:
             log.warning("connection to the hub lost: %s", link.failure)
 

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
 from typing import Final
 
 from h2.errors import ErrorCodes
@@ -57,8 +56,9 @@ log = logging.getLogger("exitgate.cluster")
 HELLO: Final = b"EXITGATE-PEER/1 "
 MAX_HELLO: Final = 512
 H_AGENT: Final = b"x-exitgate-agent"
-TICK: Final = 0.5
 DIAL_TIMEOUT: Final = 3.0
+FLUSH_DELAY: Final = 0.005  # directory writes wait this long for more of a burst
+FLUSH_RETRY: Final = 1.0
 MAX_CONNECT_TIMEOUT: Final = 60.0
 PEER_LIMITS: Final = MuxLimits(max_streams=65_536, silence_timeout=6.0, ping_interval=1.0)
 
@@ -114,6 +114,10 @@ class InboundPeer(Mux):
     def on_closed(self, reason: str) -> None:
         self.interlink.links.discard(self)
 
+    def dead(self, reason: str) -> None:
+        log.warning("peer link from %s dead: %s", self.peer, reason)
+        self.fail(reason, hard=True)
+
 
 class OutboundPeer(Mux):
     """Our connection to a peer instance (h2 client side): we open agent tunnels on it."""
@@ -151,6 +155,10 @@ class OutboundPeer(Mux):
         self.start_h2(rest)
         self.ready.set_result(None)
 
+    def dead(self, reason: str) -> None:
+        log.warning("peer link to %s dead: %s", self.addr, reason)
+        self.fail(reason, hard=True)
+
     def on_closed(self, reason: str) -> None:
         self.interlink.links.discard(self)
         if self.interlink.outbound.get(self.addr) is self:
@@ -179,8 +187,8 @@ class Interlink:
         self.address: tuple[str, int] = ("", 0)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ticker: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None  # queued directory claims/releases
         self._orphans: set[str] = set()  # agents online in the store but held by no instance
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -195,7 +203,12 @@ class Interlink:
         self.hub.forward = self.dial
         self.hub.on_agent = self._on_agent
         self.hub.book.held_elsewhere = self.directory.held_elsewhere
-        self._ticker = spawn(self._tick(), "interlink-ticker")
+        for agent_id, link in list(self.hub.live.items()):  # registered before we started
+            self._on_agent(agent_id, link)
+        try:
+            await self.directory.heartbeat()
+        except Exception as exc:  # Redis down: the refresh loop tries again
+            log.warning("agent directory heartbeat failed: %s", exc)
         self._refresher = spawn(self._refresh(), "agent-directory-refresh")
         return self.address
 
@@ -203,7 +216,7 @@ class Interlink:
         self.hub.forward = None
         self.hub.on_agent = None
         self.hub.book.held_elsewhere = None
-        for task in (self._ticker, self._refresher):
+        for task in (self._refresher, self._flusher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -215,20 +228,12 @@ class Interlink:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.directory.flush()  # releases queued by the hub's shutdown
         # our agents' records go now rather than at their TTL
         for agent_id, epoch in list(self.directory.epochs.items()):
             with contextlib.suppress(Exception):
                 await self.directory.release(agent_id, epoch)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            now = time.monotonic()
-            for link in list(self.links):
-                reason = link.heartbeat(now)
-                if reason is not None:
-                    log.warning("peer link dead: %s", reason)
-                    link.fail(reason, hard=True)
 
     async def _refresh(self) -> None:
         interval = self.directory.ttl_ms / 3000
@@ -236,7 +241,7 @@ class Interlink:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.directory.refresh(list(self.hub.live))
+                await self.directory.heartbeat()  # one command vouches for every agent here
                 rounds += 1
                 if rounds % 3 == 0:  # once per TTL
                     await self._janitor()
@@ -264,29 +269,32 @@ class Interlink:
             hello = getattr(link, "hello", None)
             attrs: NodeAttrs | None = getattr(hello, "attrs", None)
             ip = str(getattr(link, "ip", ""))
-            self._background(self._claim(agent_id, ip, attrs))
+            fields = {} if attrs is None else {
+                "country": attrs.country, "region": attrs.region, "city": attrs.city,
+                "isp": attrs.isp, "asn": attrs.asn, "network": str(attrs.network),
+            }
+            self.directory.claim_later(agent_id, ip, fields)
         else:
             epoch = self.directory.epochs.get(agent_id)
-            if epoch is not None:
-                self._background(self.directory.release(agent_id, epoch))
+            if epoch is None:
+                return
+            self.directory.release_later(agent_id, epoch)
+        if self._flusher is None:
+            self._flusher = spawn(self._flush(), "agent-directory")
 
-    async def _claim(self, agent_id: str, ip: str, attrs: NodeAttrs | None) -> None:
-        fields = {} if attrs is None else {
-            "country": attrs.country, "region": attrs.region, "city": attrs.city,
-            "isp": attrs.isp, "asn": attrs.asn, "network": str(attrs.network),
-        }
-        await self.directory.claim(agent_id, ip, fields)
-
-    def _background(self, coro: object) -> None:
-        async def run() -> None:
-            try:
-                await coro  # type: ignore[misc]
-            except Exception as exc:
-                log.warning("agent directory write failed: %s", exc)
-
-        task = spawn(run(), "agent-directory")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _flush(self) -> None:
+        """Claims and releases queued in one burst (a restart's thousands of registrations)
+        go to Redis in a few pipelines; kept and retried while Redis is unreachable."""
+        try:
+            while self.directory.pending:
+                await asyncio.sleep(FLUSH_DELAY)
+                try:
+                    await self.directory.flush()
+                except Exception as exc:
+                    log.warning("agent directory write failed (retrying): %s", exc)
+                    await asyncio.sleep(FLUSH_RETRY)
+        finally:
+            self._flusher = None
 
     # -- forwarding side (B) ---------------------------------------------------------------------
     async def dial(self, node: Node, target: Target, connect_timeout: float) -> Conn:

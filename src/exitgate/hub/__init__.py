@@ -3,6 +3,7 @@
     protocol.py  the wire contract (hello line, CONNECT head, answers); pure
     stream.py    one h2 stream as an asyncio transport (what `splice` relays over)
     mux.py       one h2 connection carrying streams, flow control, limits; both roles
+    keepalive.py when to PING a peer and when it is dead (one timer per connection); pure
     server.py    `Hub`: the listener, registration, liveness, `dial` (the AgentDialer)
     nodes.py     `AgentBook`: agent nodes in the store follow the live connections
 

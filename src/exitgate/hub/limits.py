@@ -1,7 +1,7 @@
 """What one HTTP/2 peer may cost: the limits of a `Mux`, and the two guards enforcing them.
 
-- `MuxLimits`: windows, frame and header sizes, stream count, write-buffer cap, heartbeat
-  timing, and per-tick budgets for the frames a flood is made of.
+- `MuxLimits`: windows, frame and header sizes, stream count, write-buffer cap, keepalive
+  timing (keepalive.py), and per-window budgets for the frames a flood is made of.
 - `FrameGuard` refuses an oversized frame at its 9-byte header, before h2 would buffer it.
 - `CountingH2` is h2's connection with per-kind frame counters that the mux checks against the
   budgets after each read, and a smaller memory of closed streams.
@@ -34,11 +34,19 @@ class MuxLimits:
     max_header_list: int = 8 * 1024
     max_streams: int = 1024  # concurrent streams a server side accepts
     max_write_buffer: int = 8 * 1024 * 1024  # TCP bytes queued for a peer that does not read
-    ping_interval: float = 1.0
-    silence_timeout: float = 3.0  # no frame, or no PING answer, for this long: dead
-    control_budget: int = 200  # per tick: PING, SETTINGS, PRIORITY, empty DATA, unknown
-    reset_budget: int = 200  # per tick, on top of the streams we opened
-    window_update_budget: int = 20_000  # per tick
+    # keepalive (keepalive.py): a peer silent this long gets a PING...
+    ping_interval: float = 10.0
+    # ...and one silent this long is dead (so a PING has silence_timeout - ping_interval to
+    # be answered): the bound on noticing a silently dead peer
+    silence_timeout: float = 20.0
+    budget_window: float = 0.25  # the budgets below are per window of this many seconds
+    control_budget: int = 200  # PING, SETTINGS, PRIORITY, empty DATA, unknown
+    reset_budget: int = 200  # on top of the streams we opened
+    window_update_budget: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ping_interval < self.silence_timeout:
+            raise ValueError("keepalive: need 0 < ping_interval < silence_timeout")
 
 
 class Hostile(Exception):

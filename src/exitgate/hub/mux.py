@@ -18,9 +18,10 @@ Limits against a hostile peer (`MuxLimits`, limits.py): a frame above `max_frame
 at its header (`FrameGuard`), a header list above `max_header_list` is a protocol error (h2
 enforces what we advertise); a flood of control
 frames (PING, SETTINGS, PRIORITY, empty DATA, unknown types), of RST_STREAM or WINDOW_UPDATE
-beyond a per-tick budget ends the connection with ENHANCE_YOUR_CALM; a TCP write buffer past
-`max_write_buffer` (a peer that does not read) ends it; so does silence or an unanswered PING
-past `silence_timeout` (checked by `heartbeat`, which the owner calls every tick).
+beyond a budget per `budget_window` (counted as frames arrive) ends the connection with
+ENHANCE_YOUR_CALM; a TCP write buffer past `max_write_buffer` (a peer that does not read) ends
+it; so does silence or an unanswered PING (keepalive.py: one timer per connection, a PING only
+to a peer silent for `ping_interval`, dead after `silence_timeout`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from h2.config import H2Configuration
@@ -49,6 +51,7 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
+from exitgate.hub.keepalive import plan
 from exitgate.hub.limits import PREFACE, CountingH2, FrameGuard, Hostile, MuxLimits
 from exitgate.hub.stream import Headers, StreamTransport
 
@@ -68,11 +71,14 @@ _CONFIGS: Final = {
 
 class Mux(asyncio.Protocol):
     __slots__ = (
+        "_answer_by",
         "_blocked",
+        "_budget_at",
         "_dispatching",
         "_last_ping",
-        "_opened_in_tick",
+        "_opened",
         "_tcp_paused",
+        "_timer",
         "closed",
         "failure",
         "guard",
@@ -105,8 +111,12 @@ class Mux(asyncio.Protocol):
         self.last_rx = now
         self._last_ping = now
         self.ping_sent_at: float | None = None
+        self._answer_by: float | None = None  # an outstanding PING must be answered by then
         self.rtt = 0.0
-        self._opened_in_tick = 0
+        self._opened = 0  # streams we opened in this budget window
+        self._budget_at = now  # start of the current budget window
+        # the keepalive check (or, before HTTP/2 starts, whatever deadline the owner arms)
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,6 +163,11 @@ class Mux(asyncio.Protocol):
     def on_closed(self, reason: str) -> None:
         """Once, when the connection ended for any reason."""
 
+    def dead(self, reason: str) -> None:
+        """The keepalive gave up on the peer (silent, or its PING unanswered)."""
+        log.warning("HTTP/2 peer dead: %s", reason)
+        self.fail(reason, hard=True)
+
     # -- starting ------------------------------------------------------------------------------
     def start_h2(self, rest: bytes = b"") -> None:
         h2 = CountingH2(_CONFIGS[self.client_side])
@@ -171,6 +186,9 @@ class Mux(asyncio.Protocol):
         self.h2 = h2
         self.guard = FrameGuard(limits.max_frame, 0 if self.client_side else len(PREFACE))
         self._flush()
+        # the keepalive starts now: a hello may have waited in the hub's admission queue
+        self.last_rx = time.monotonic()
+        self.arm(self.last_rx + limits.ping_interval, self._keepalive)
         if rest:
             self._receive(rest)
 
@@ -179,6 +197,10 @@ class Mux(asyncio.Protocol):
         h2, guard = self.h2, self.guard
         if h2 is None or guard is None:
             return
+        if self.last_rx - self._budget_at >= self.limits.budget_window:
+            h2.junk = h2.resets = h2.window_updates = 0
+            self._opened = 0
+            self._budget_at = self.last_rx
         self._dispatching = True
         try:
             guard.check(data)
@@ -201,7 +223,7 @@ class Mux(asyncio.Protocol):
         limits = self.limits
         if h2.junk > limits.control_budget:
             raise Hostile("control frame flood")
-        if h2.resets > limits.reset_budget + self._opened_in_tick:
+        if h2.resets > limits.reset_budget + self._opened:
             raise Hostile("RST_STREAM flood")
         if h2.window_updates > limits.window_update_budget:
             raise Hostile("WINDOW_UPDATE flood")
@@ -245,6 +267,7 @@ class Mux(asyncio.Protocol):
                 if self.ping_sent_at is not None:
                     self.rtt = time.monotonic() - self.ping_sent_at
                 self.ping_sent_at = None
+                self._answer_by = None
             case RemoteSettingsChanged():
                 changed = {int(k): v.new_value for k, v in event.changed_settings.items()}
                 if (
@@ -347,7 +370,7 @@ class Mux(asyncio.Protocol):
             raise ProtocolError("connection is not open")
         sid = h2.get_next_available_stream_id()
         h2.send_headers(sid, headers)
-        self._opened_in_tick += 1
+        self._opened += 1
         stream = StreamTransport(self, sid, self.loop, extra)
         self.streams[sid] = stream
         self._flush()
@@ -380,30 +403,59 @@ class Mux(asyncio.Protocol):
         h2.update_settings(changes)
         self._flush()
 
-    # -- liveness and budgets --------------------------------------------------------------------
+    # -- liveness ------------------------------------------------------------------------------
     def alive(self, now: float) -> bool:
         """Open and heard from within the silence timeout."""
         return not self.closed and now - self.last_rx <= self.limits.silence_timeout
 
-    def heartbeat(self, now: float) -> str | None:
-        """Called every tick: sends PINGs; returns why the peer is dead, or None."""
-        h2 = self.h2
-        if h2 is None or self.closed:
-            return None
+    def arm(self, at: float, callback: Callable[[], None]) -> None:
+        """Run `callback` at monotonic time `at`, instead of whatever was armed before."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(at, callback)
+
+    def _keepalive(self) -> None:
+        self._timer = None
+        if self.h2 is None or self.closed:
+            return
         limits = self.limits
-        if now - self.last_rx > limits.silence_timeout:
-            return f"silent for {now - self.last_rx:.1f} s"
-        if self.ping_sent_at is not None:
-            if now - self.ping_sent_at > limits.silence_timeout:
-                return f"no answer to PING for {now - self.ping_sent_at:.1f} s"
-        elif now - self._last_ping >= limits.ping_interval:
-            self._last_ping = now
-            self.ping_sent_at = now
-            h2.ping(os.urandom(8))
-            self._flush()
-        h2.junk = h2.resets = h2.window_updates = 0
-        self._opened_in_tick = 0
-        return None
+        now = time.monotonic()
+        step = plan(
+            now, self.last_rx, self._last_ping, self._answer_by, busy=bool(self.streams),
+            interval=limits.ping_interval, timeout=limits.silence_timeout,
+        )
+        if step.dead:
+            self.dead(step.dead)
+            return
+        if step.ping:
+            self._ping(now, now + limits.silence_timeout - limits.ping_interval)
+        self.arm(step.next_at, self._keepalive)
+
+    def _ping(self, now: float, answer_by: float) -> None:
+        h2 = self.h2
+        if h2 is None or h2.state_machine.state is ConnectionState.CLOSED:
+            return
+        self._last_ping = self.ping_sent_at = now
+        self._answer_by = answer_by
+        h2.ping(os.urandom(8))
+        self._flush()
+
+    def probe(self, within: float) -> None:
+        """PING now (unless a PING is out) and give up on the peer unless something comes back
+        within `within` seconds: a tunnel is waiting on a peer that has been quiet, or a
+        newcomer claims its id. Cheap for a live peer; a silently dead one is found out in
+        `within` instead of `silence_timeout`."""
+        if self.h2 is None or self.closed:
+            return
+        now = time.monotonic()
+        answer_by = now + within
+        if self._answer_by is None:
+            self._ping(now, answer_by)
+        elif self._answer_by > answer_by:
+            self._answer_by = answer_by
+        else:
+            return
+        self.arm(min(answer_by, self.last_rx + self.limits.silence_timeout), self._keepalive)
 
     # -- ending ------------------------------------------------------------------------------------
     def fail(self, reason: str, *, goaway: ErrorCodes | None = None, hard: bool = False) -> None:
@@ -432,6 +484,9 @@ class Mux(asyncio.Protocol):
             return
         self.closed = True
         self.failure = self.failure or reason
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._blocked.clear()
         for stream in list(self.streams.values()):
             stream.lost(f"agent connection lost: {self.failure}")

@@ -2,9 +2,10 @@
 
 One `AgentLink` per agent TCP connection: first the hello line (protocol.py), then HTTP/2
 with the hub as the client (mux.py). A registered agent is live in `_live` under its id and
-its node is kept in the store by `AgentBook` (nodes.py). One ticker task serves every link
-(hello deadlines, PINGs, silence, flood budgets): no timer per connection, which keeps an
-idle agent at a few kilobytes.
+its node is kept in the store by `AgentBook` (nodes.py). Each link has one timer: the hello
+deadline until the hello, then its keepalive (hub/keepalive.py: a PING only to an agent silent
+for `[hub] keepalive`, dead after `[hub] keepalive_timeout`). Nothing visits every link
+periodically, so an idle agent costs one PING round trip per keepalive interval.
 
 Failure mapping for `dial` (what routing sees):
 - agent unknown, offline, draining, at its stream limit, gone or silent before answering,
@@ -17,11 +18,11 @@ Failure mapping for `dial` (what routing sees):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -52,25 +53,33 @@ from exitgate.net.dial import NodeFailure
 from exitgate.registry import Registry
 from exitgate.services import AccountService
 from exitgate.settings import HubSettings, split_hostport
-from exitgate.tasks import spawn
 
 log = logging.getLogger("exitgate.hub")
 
-TICK: Final = 0.25
 HELLO_TIMEOUT: Final = 5.0
 ANSWER_SLACK: Final = 2.0  # beyond the connect timeout the agent itself enforces
+# A tunnel opened on a link quiet for PROBE_AFTER, or a newcomer claiming a connected id,
+# PINGs the link: unanswered within PROBE_TIMEOUT, it is dead (instead of at the keepalive
+# timeout), so a request waiting on a silently dead agent fails over within seconds.
+PROBE_AFTER: Final = 1.0
+PROBE_TIMEOUT: Final = 3.0
+# Hellos are admitted this many per event-loop turn: a reconnect burst of thousands of agents
+# (a hub restart) queues here instead of stalling the loop (and every tunnel on it) for
+# seconds, and a hello whose agent gave up meanwhile is dropped unprocessed.
+ADMIT_BATCH: Final = 32
 
 
 class AgentLink(Mux):
     """One agent's connection, hub side."""
 
-    __slots__ = ("_buf", "agent_id", "draining", "hello", "hub", "ip", "peer")
+    __slots__ = ("_buf", "_line", "agent_id", "draining", "hello", "hub", "ip", "peer")
     client_side = True
 
     def __init__(self, hub: Hub) -> None:
         super().__init__(hub.limits)
         self.hub = hub
         self._buf = bytearray()
+        self._line: bytes | None = None  # the hello line, waiting in the hub's queue
         self.hello: Hello | None = None
         self.agent_id = ""
         self.ip = ""
@@ -82,11 +91,20 @@ class AgentLink(Mux):
         name = transport.get_extra_info("peername")
         self.peer = f"{name[0]}:{name[1]}" if name else "?"
         self.hub.links.add(self)
+        self.arm(self.started + self.hub.hello_timeout, self._hello_late)
+
+    def _hello_late(self) -> None:
+        if self._line is None and self.h2 is None and not self.closed:
+            self.hub.refuse(self, HelloError(RefusalKind.PROTOCOL, "no hello in time"))
 
     def preamble_received(self, data: bytes) -> None:
         if self.hello is not None:
             return
         self._buf += data
+        if self._line is not None:  # queued: an agent waits for OK before saying more
+            if len(self._buf) > MAX_HELLO:
+                self.hub.refuse(self, HelloError(RefusalKind.PROTOCOL, "data before OK"))
+            return
         head = bytes(self._buf[: len(MAGIC)])
         if not MAGIC.startswith(head):
             # not our protocol (a TLS client on a plain hub, a port scanner): no need to wait
@@ -97,9 +115,14 @@ class AgentLink(Mux):
             if len(self._buf) > MAX_HELLO:
                 self.hub.refuse(self, HelloError(RefusalKind.PROTOCOL, "hello line too long"))
             return
-        line, rest = bytes(self._buf[:end]), bytes(self._buf[end + 1 :])
+        self._line = bytes(self._buf[:end])
+        del self._buf[: end + 1]
+        self.hub.queue(self)
+
+    def take_hello(self) -> tuple[bytes, bytes]:
+        line, rest = self._line or b"", bytes(self._buf)
         self._buf = bytearray()
-        self.hub.admit(self, line, rest)
+        return line, rest
 
     def on_settings(self, changed: dict[int, int]) -> None:
         if changed.get(SettingCodes.MAX_CONCURRENT_STREAMS) == 0 and not self.draining:
@@ -111,6 +134,10 @@ class AgentLink(Mux):
 
     def on_closed(self, reason: str) -> None:
         self.hub.link_closed(self, reason)
+
+    def dead(self, reason: str) -> None:
+        log.warning("agent %s dead: %s", self.agent_id or self.peer, reason)
+        self.fail(reason, hard=True)
 
 
 class Hub:
@@ -128,7 +155,9 @@ class Hub:
         self.sweep = sweep
         self.registry = registry
         self.allow_private = allow_private
-        self.limits = limits or MuxLimits()
+        self.limits = limits or MuxLimits(
+            ping_interval=settings.keepalive, silence_timeout=settings.keepalive_timeout
+        )
         self.links: set[AgentLink] = set()
         self.live: dict[str, AgentLink] = {}
         self.seen: set[str] = set()  # agent ids registered since start (for `reconnects`)
@@ -137,7 +166,8 @@ class Hub:
         self.address: tuple[str, int] = ("", 0)
         self.hello_timeout = HELLO_TIMEOUT
         self._server: asyncio.Server | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._hellos: deque[AgentLink] = deque()  # hellos received, not yet admitted
+        self._admitting = False
         self._token = settings.token.encode()
         # set by the cluster interlink: how to reach an agent another instance holds
         self.forward: Callable[[Node, Target, float], Awaitable[Conn]] | None = None
@@ -167,16 +197,11 @@ class Hub:
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
-        self._ticker = spawn(self._tick(), "hub-ticker")
         if self.sweep:
             self.book.sweep()  # nodes left online by a previous run of this gateway
         return self.address
 
     async def close(self, grace: float = 5.0) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
         if self._server is not None:
             self._server.close()
         for link in list(self.links):
@@ -184,6 +209,23 @@ class Hub:
         await self.book.settle(grace)
 
     # -- registration ----------------------------------------------------------------------------
+    def queue(self, link: AgentLink) -> None:
+        self._hellos.append(link)
+        if not self._admitting:
+            self._admitting = True
+            asyncio.get_running_loop().call_soon(self._admit_some)
+
+    def _admit_some(self) -> None:
+        hellos = self._hellos
+        for _ in range(min(ADMIT_BATCH, len(hellos))):
+            link = hellos.popleft()
+            if not link.closed:  # an agent that gave up waiting costs nothing more
+                self.admit(link, *link.take_hello())
+        if hellos:
+            asyncio.get_running_loop().call_soon(self._admit_some)  # after other I/O
+        else:
+            self._admitting = False
+
     def admit(self, link: AgentLink, line: bytes, rest: bytes) -> None:
         try:
             hello = parse_hello(line)
@@ -205,7 +247,10 @@ class Hub:
         link.agent_id = hello.agent_id
         link.ip = hello.ip or link.peer.rpartition(":")[0].strip("[]")
         previous = self.live.get(hello.agent_id)
-        if previous is not None and previous.alive(time.monotonic()):
+        now = time.monotonic()
+        if previous is not None and previous.alive(now):
+            if now - previous.last_rx > PROBE_AFTER:
+                previous.probe(PROBE_TIMEOUT)  # a restarted agent's dead connection goes soon
             # Two live agents claiming one id would knock each other off forever. The one
             # connected keeps its place; the newcomer is refused as transient (it backs off
             # and retries, and gets in once the other is really gone: a restarted agent's old
@@ -231,7 +276,7 @@ class Hub:
         log.info("agent %s registered from %s", hello.agent_id, link.peer)
         if self.on_agent is not None:
             self.on_agent(hello.agent_id, link)
-        self.book.sync(hello.agent_id)
+        self.book.sync(hello.agent_id, Wanted(hello.attrs, link.ip))
 
     def refuse(self, link: AgentLink, exc: HelloError, agent_id: str = "") -> None:
         # The reason never contains the token (protocol.parse_hello promises it).
@@ -258,21 +303,6 @@ class Hub:
         if link is None or link.closed or link.draining or link.hello is None:
             return None
         return Wanted(link.hello.attrs, link.ip)
-
-    # -- liveness --------------------------------------------------------------------------------
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            now = time.monotonic()
-            for link in list(self.links):
-                if link.closed:
-                    self.links.discard(link)
-                elif link.h2 is None:
-                    if now - link.started > self.hello_timeout:
-                        self.refuse(link, HelloError(RefusalKind.PROTOCOL, "no hello in time"))
-                elif (reason := link.heartbeat(now)) is not None:
-                    log.warning("agent %s dead: %s", link.agent_id, reason)
-                    link.fail(reason, hard=True)
 
     # -- dialing ---------------------------------------------------------------------------------
     async def dial(self, node: Node, target: Target, connect_timeout: float) -> Conn:
@@ -316,6 +346,8 @@ async def open_tunnel(
     """Open a CONNECT stream on `link` and wait for its answer: a `Conn` on the stream, or
     `NodeFailure` / the target's `GatewayError` (see the module docstring)."""
     extra: dict[str, Any] = {"peername": (target.host, target.port), "agent": node.id}
+    if time.monotonic() - link.last_rx > PROBE_AFTER:
+        link.probe(PROBE_TIMEOUT)
     try:
         stream = link.open_stream(headers, extra)
     except H2Error as exc:

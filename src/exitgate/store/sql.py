@@ -75,6 +75,7 @@ from exitgate.store.sql_schema import (
 from exitgate.store.sql_values import autoban_from, autoban_to
 
 _COUNTS = ("bytes_up", "bytes_down", "requests")
+_AGENT_FIELDS = ("ip", "country", "region", "city", "isp", "asn", "network")
 
 
 class SqlStore:
@@ -257,6 +258,61 @@ class SqlStore:
             result = conn.execute(nodes.delete().where(nodes.c.id == node_id))
             if result.rowcount == 0:
                 raise NotFound("node", node_id)
+
+    def sync_agents(self, online: Sequence[NewNode], offline: Sequence[str]) -> list[Node]:
+        """Agent nodes as the hub sees them, in one transaction (hub/nodes.py batches them).
+
+        `online`: each upserted with its attributes, address and state (`online`; `offline`
+        for an agent gone before its first write), except that an admin's `draining` is kept;
+        `offline`: each marked `offline` if it is `online` now.
+        A row of another kind is never touched. Returns every named node as stored after."""
+        upsert = sqlite.insert if self._is_sqlite else postgresql.insert
+        now = time.time()
+        names: set[tuple[str, str]] = set()
+        with self._tx() as conn:
+            rows = []
+            for new in online:
+                a = new.attrs
+                rows.append({
+                    "id": new.id, "kind": NodeKind.AGENT.value, "state": new.state.value,
+                    "url": "", "bind_address": "", "ip": new.ip, "country": a.country,
+                    "region": a.region, "city": a.city, "isp": a.isp, "asn": a.asn,
+                    "network": a.network.value, "created_at": now,
+                })  # fmt: skip
+                names.update((k, v) for k, v in (("region", a.region), ("city", a.city),
+                                                 ("isp", a.isp)) if v)
+            if rows:
+                # one statement, compiled once (cached), executed for many rows: the driver
+                # batches them (psycopg's pipeline / SQLAlchemy's insertmanyvalues)
+                stmt = upsert(nodes)
+                new_row = stmt.excluded
+                keep_draining = sa.case(
+                    (nodes.c.state == NodeState.DRAINING.value, nodes.c.state),
+                    else_=new_row.state,
+                )
+                changed = {c: new_row[c] for c in _AGENT_FIELDS} | {"state": keep_draining}
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[nodes.c.id], set_=changed,
+                    where=nodes.c.kind == NodeKind.AGENT.value,
+                ), rows)  # fmt: skip
+            ids = [r["id"] for r in rows]
+            for chunk in _chunks([{"id": i} for i in offline]):
+                conn.execute(
+                    nodes.update()
+                    .where(nodes.c.id.in_([r["id"] for r in chunk]))
+                    .where(nodes.c.kind == NodeKind.AGENT.value)
+                    .where(nodes.c.state == NodeState.ONLINE.value)
+                    .values(state=NodeState.OFFLINE.value)
+                )
+            if names:
+                geo = [{"kind": k, "name": v} for k, v in sorted(names)]
+                for chunk in _chunks(geo):
+                    conn.execute(upsert(geo_table).values(chunk).on_conflict_do_nothing())
+            found: list[Node] = []
+            for chunk in _chunks([{"id": i} for i in [*ids, *offline]]):
+                query = nodes.select().where(nodes.c.id.in_([r["id"] for r in chunk]))
+                found.extend(_node_from(r) for r in conn.execute(query).mappings())
+            return found
 
     def list_nodes(self) -> list[Node]:
         query = nodes.select().order_by(nodes.c.created_at, nodes.c.id)
