@@ -84,7 +84,15 @@ def test_writer_batches_lines_into_the_file_and_close_flushes(tmp_path: Path) ->
 def test_a_blocked_fifo_never_blocks_put(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, never read: the pipe fills
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, never read
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:  # the pipe is full before the log writes: its first write blocks, whatever the timing
+        while True:
+            os.write(filler, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(filler)
     try:
         stats = LiveStats()
         log = AccessLog(str(fifo), stats, capacity=100, interval=0.01)
