@@ -22,6 +22,8 @@ from tests.unit.test_sessions import (  # noqa: F401 - collected here against Re
     IDLE,
     T0,
     Clock,
+    test_a_claimed_first_request_that_reaches_no_node_leaves_no_session,
+    test_a_new_session_is_claimed_for_the_picked_candidate,
     test_a_plan_is_a_request_even_without_a_commit,
     test_admin_list_get_end_expire,
     test_claim_creates_a_provisional_record,
@@ -42,12 +44,15 @@ from tests.unit.test_sessions import (  # noqa: F401 - collected here against Re
     test_record_with_other_rules_writes_nothing,
     test_refund_gives_back_a_count_taken_on_arrival,
     test_refund_keeps_what_other_requests_did,
+    test_refund_of_a_claim_drops_a_session_that_lived_on_it_alone,
+    test_refund_of_a_claim_keeps_a_request_that_came_meanwhile,
     test_release_drops_only_a_provisional_record_on_that_node,
     test_rotate_requests_counts_each_request_once,
     test_rotate_requests_skips_requests_that_reached_no_node,
     test_rotate_timed_boundary,
     test_sessions_are_scoped_to_the_package,
     test_touch_counts_a_kept_session_in_one_step,
+    test_touch_with_a_candidate_claims_a_new_session,
 )
 
 
@@ -161,3 +166,33 @@ async def test_one_script_per_kept_session_request(store: RedisSessionStore) -> 
         assert kept is not None and kept.node_id == "n1" and kept.counted is not None
         await table.commit(kept, "n1")
     assert sent == ["EVALSHA"] * 3
+
+
+async def test_one_script_per_new_session_request(store: RedisSessionStore) -> None:
+    """Issue 9: a new session's first request is one EVALSHA (`touch` claims it for the
+    picked candidate, counted on arrival); its commit sends nothing."""
+    sent: list[str] = []
+    original = store.redis.execute_command
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        sent.append(str(args[0]).upper())
+        return await original(*args, **kwargs)
+
+    store.redis.execute_command = counting  # type: ignore[method-assign]
+    assert store.remote
+    picked: list[str] = []
+
+    def pick() -> str:
+        picked.append("n1")
+        return "n1"
+
+    table = SessionTable(store, Clock())
+    for i in range(3):
+        plan = await table.plan("p1", Rules(country="us", session=f"new{i}"), pick=pick)
+        assert plan is not None and (plan.node_id, plan.new) == ("n1", True)
+        assert await table.commit(plan, "n1") is None
+    assert sent == ["EVALSHA"] * 3 and len(picked) == 3
+    records = await table.list("p1")
+    assert [(r.key.session_id, r.requests, r.node_requests) for r in records] == [
+        ("new0", 1, 1), ("new1", 1, 1), ("new2", 1, 1)
+    ]

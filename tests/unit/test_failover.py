@@ -274,16 +274,25 @@ class Clock:
 Verdict = Literal["ok", "node", "target"]
 
 
+class RemoteMemorySessionStore(MemorySessionStore):
+    """The memory store taking a remote store's path (the candidate is selected before the
+    one `touch`, as on Redis), so the routing loop is tested on both paths."""
+
+    @property
+    def remote(self) -> bool:
+        return True
+
+
 class World:
     """A pool, a router over it, and a fake dialer with per-node verdicts."""
 
-    def __init__(self, *nodes: Node) -> None:
+    def __init__(self, *nodes: Node, remote: bool = False) -> None:
         self.clock = Clock()
         self.index = NodeIndex(random.Random(5))
         for n in nodes:
             self.index.upsert(n)
         self.health = NodeHealth(self.clock, HealthPolicy(threshold=3))
-        self.store = MemorySessionStore(60.0)
+        self.store = RemoteMemorySessionStore(60.0) if remote else MemorySessionStore(60.0)
         self.sessions = SessionTable(self.store, self.clock)
         self.router = Router(self.index, self.health, self.sessions, rng=random.Random(9))
         self.verdicts: dict[str, Verdict] = {}
@@ -521,8 +530,9 @@ async def test_mismatch_is_409_before_any_dial() -> None:
     assert w.dialed == [] and await w.sessions.get("p1", "s") == before
 
 
-async def test_racing_first_requests_share_one_node() -> None:
-    w = World(*(us(i) for i in range(20)))
+@pytest.mark.parametrize("remote", [False, True])
+async def test_racing_first_requests_share_one_node(remote: bool) -> None:
+    w = World(*(us(i) for i in range(20)), remote=remote)
     filters = Filters(country="us")
     attempts = [await w.router.begin("p1", sess(), filters) for _ in range(5)]
     steps = [await a.next() for a in attempts]  # all pick before any dial completes
@@ -532,9 +542,142 @@ async def test_racing_first_requests_share_one_node() -> None:
     for a, s in zip(attempts, outcomes, strict=True):
         a.close()
         w.health.release(s.lease)
-    assert {s.session for s in outcomes} == {SessionOutcome.NEW}
+    # the first claims the session (counted on arrival); the others find it and follow
+    assert [s.session for s in outcomes] == [SessionOutcome.NEW] + [SessionOutcome.KEPT] * 4
     record = await w.sessions.get("p1", "s")
-    assert record is not None and record.requests == 5
+    assert record is not None and (record.requests, record.node_requests) == (5, 5)
+
+
+class Steps:
+    """Counts the session store's steps and the router's selections of one World."""
+
+    def __init__(self, w: World) -> None:
+        self.store: list[str] = []
+        self.selections = 0
+        for name in ("touch", "claim", "rebind", "record", "refund", "release"):
+            setattr(w.store, name, self._counting(name, getattr(w.store, name)))
+        select = w.router.select
+
+        def counting_select(*args: Any, **kwargs: Any) -> Node | None:
+            self.selections += 1
+            return select(*args, **kwargs)
+
+        w.router.select = counting_select  # type: ignore[method-assign]
+
+    def _counting(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.store.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("remote", [False, True])
+async def test_a_new_session_is_claimed_counted_on_arrival(remote: bool) -> None:
+    """Issue 9: the first request's step claims a real record for the candidate (remote:
+    selected before the one step; in process: after a step that found nothing); commit
+    writes nothing. The same outcome, counts and record on both paths."""
+    w = World(us(1), us(2), remote=remote)
+    steps = Steps(w)
+    first = ok(await w.request(sess()))
+    assert first.session is SessionOutcome.NEW
+    assert steps.store == (["touch"] if remote else ["touch", "touch"])
+    assert steps.selections == 1
+    record = await w.sessions.get("p1", "s")
+    assert record is not None and record.node_id == first.node.id
+    assert (record.requests, record.node_requests, record.epoch) == (1, 1, 0)
+    steps.store.clear()
+    steps.selections = 0
+    kept = ok(await w.request(sess()))
+    assert (kept.session, kept.node) == (SessionOutcome.KEPT, first.node)
+    assert steps.store == ["touch"]
+    # a kept request selects only on the remote path (its candidate goes unused)
+    assert steps.selections == (1 if remote else 0)
+
+
+@pytest.mark.parametrize("remote", [False, True])
+async def test_a_failed_first_dial_is_replaced_by_compare_and_set(remote: bool) -> None:
+    w = World(us(1), us(2), remote=remote)
+    attempt = await w.router.begin("p1", sess(), Filters(country="us"))
+    steps = Steps(w)
+    # the claimed candidate (whichever it is) fails; its replacement works
+    success = ok(await w.drive(attempt, lambda node_id: "node" if len(w.dialed) == 1 else "ok"))
+    assert success.session is SessionOutcome.NEW  # still the session's first request
+    assert steps.store == ["rebind"]  # the replacement: compare-and-set on (node, epoch 0)
+    record = await w.sessions.get("p1", "s")
+    assert record is not None and record.node_id == success.node.id != w.dialed[0]
+    assert (record.requests, record.node_requests, record.epoch) == (1, 1, 1)
+    w.health.release(success.lease)
+
+
+async def test_a_candidate_cooling_down_during_the_claim_is_moved_not_failed() -> None:
+    """Remote: the candidate is selected before the store's round trip; if other requests'
+    verdicts cool it down meanwhile, the claim moves away before any dial (onerror-fail
+    does not turn that into a 502)."""
+    w = World(us(1), us(2), remote=True)
+    touch = w.store.touch
+
+    async def slow_touch(*args: Any, **kwargs: Any) -> Any:
+        done = await touch(*args, **kwargs)
+        if done.claimed:
+            for _ in range(3):  # meanwhile, three failures on the candidate open its breaker
+                w.health.record_failure(done.record.node_id)
+        return done
+
+    w.store.touch = slow_touch  # type: ignore[method-assign]
+    served = ok(await w.request(sess(onerror=FAIL)))
+    assert served.session is SessionOutcome.NEW and len(w.dialed) == 1
+    record = await w.sessions.get("p1", "s")
+    assert record is not None and record.node_id == served.node.id
+    assert (record.requests, record.node_requests, record.epoch) == (1, 1, 1)
+    other = "n2" if served.node.id == "n1" else "n1"
+    assert w.health.state(other) is BreakerState.OPEN  # the candidate, never dialed
+
+
+@pytest.mark.parametrize("remote", [False, True])
+async def test_a_first_request_reaching_no_node_leaves_no_session(remote: bool) -> None:
+    w = World(us(1), us(2), remote=remote)
+    w.verdicts = {"n1": "node", "n2": "node"}
+    result = await w.request(sess())
+    assert isinstance(result, Fail) and result.code is Code.NODE_UNAVAILABLE
+    assert w.dialed == ["n1", "n2"] or w.dialed == ["n2", "n1"]  # claimed, then replaced
+    assert w.session_node() is None  # refunded: it lived on that request alone
+
+
+@pytest.mark.parametrize("remote", [False, True])
+async def test_a_second_request_joining_a_dialing_claim_keeps_it_on_refund(
+    remote: bool,
+) -> None:
+    """A racing request counted on the claimed session keeps it alive when the claimer
+    reaches no node: the refund gives back the claimer's count only."""
+    w = World(us(1), remote=remote)
+    a = await w.router.begin("p1", sess(onerror=FAIL), Filters(country="us"))
+    b = await w.router.begin("p1", sess(onerror=FAIL), Filters(country="us"))
+    sa, sb = await a.next(), await b.next()
+    assert isinstance(sa, Dial) and isinstance(sb, Dial) and sa.node == sb.node
+    a.failed("refused")
+    assert isinstance(await a.next(), Fail)
+    a.close()
+    served = ok(await b.succeeded())
+    b.close()
+    w.health.release(served.lease)
+    assert served.session is SessionOutcome.KEPT
+    record = await w.sessions.get("p1", "s")
+    assert record is not None and (record.requests, record.node_requests) == (1, 1)
+
+
+@pytest.mark.parametrize("remote", [False, True])
+async def test_a_new_session_with_locked_rules_is_409_and_writes_nothing(
+    remote: bool,
+) -> None:
+    w = World(us(1), us(2), remote=remote)
+    ok(await w.request(sess()))
+    before = await w.sessions.get("p1", "s")
+    with pytest.raises(GatewayError) as caught:
+        await w.router.begin("p1", Rules(country="us", session="s", onerror=FAIL),
+                             Filters(country="us"))
+    assert caught.value.code is Code.SESSION_PARAMS_MISMATCH
+    assert await w.sessions.get("p1", "s") == before
 
 
 async def test_racing_first_requests_converge_after_a_failure() -> None:
@@ -828,8 +971,18 @@ class RouterMachine(RuleBasedStateMachine):
             assert all(self.w.health.inflight(f"n{i}") == 0 for i in range(4))  # no lease leaks
 
 
+class RemoteRouterMachine(RouterMachine):
+    """The same, on the remote path: a new session is claimed by the one `touch`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = World(*(us(i) for i in range(4)), remote=True)
+
+
 TestRouterMachine = RouterMachine.TestCase
+TestRemoteRouterMachine = RemoteRouterMachine.TestCase
 # Whole machines are slow: cap the thorough profile so a run stays within the test timeout.
 TestRouterMachine.settings = settings(
     settings.default, max_examples=min(settings.default.max_examples, 1000)
 )
+TestRemoteRouterMachine.settings = TestRouterMachine.settings

@@ -18,6 +18,7 @@ from exitgate.store.sessions import (
     SessionKey,
     SessionRecord,
     SessionStore,
+    SessionTimings,
     Touch,
 )
 
@@ -137,6 +138,62 @@ async def test_touch_counts_a_kept_session_in_one_step(store: SessionStore) -> N
     )
     assert await store.get(KEY, T0 + 4) == touched.record
     assert await store.get(KEY, T0 + 4 + IDLE - 0.001) is not None  # the idle clock restarted
+
+
+async def test_touch_with_a_candidate_claims_a_new_session(store: SessionStore) -> None:
+    """Issue 9: no live record and a candidate node: the one step claims a real record,
+    counted on arrival; a later request is counted on it like on any session."""
+    timings = SessionTimings(lifetime=600, idle=30, hold=5)
+    claimed = await store.touch(KEY, "r", T0, "n1", timings)
+    made = SessionRecord(KEY, "r", "n1", T0, T0, T0, 1, 1, timings)
+    assert claimed == Touch(made, T0, counted=True, claimed=True)
+    assert not made.provisional and await store.get(KEY, T0) == made
+    assert [r.key.session_id for r in await store.list("p1", T0)] == ["s1"]
+    racing = await store.touch(KEY, "r", T0 + 1, "n2")  # a racing first request follows n1
+    assert racing == Touch(
+        SessionRecord(KEY, "r", "n1", T0, T0, T0 + 1, 2, 2, timings),
+        T0 + 1,
+        counted=True,
+        previous=T0,
+    )
+    mismatch = await store.touch(KEY, "other", T0 + 2, "n3")  # 409: untouched
+    assert mismatch == Touch(racing.record, T0 + 2)
+    assert await store.get(KEY, T0 + 2) == racing.record
+    assert await store.get(KEY, T0 + 1 + 30) is None  # the claim's own idle timing
+    pending = SessionKey("p1", "pending")
+    provisional = await store.claim(pending, "r", "n1", T0)
+    assert await store.touch(pending, "r", T0, "n2") == Touch(provisional, T0)  # joins it
+
+
+async def test_refund_of_a_claim_drops_a_session_that_lived_on_it_alone(
+    store: SessionStore,
+) -> None:
+    claimed = await store.touch(KEY, "r", T0, "n1")
+    assert claimed.record is not None and claimed.previous == 0.0
+    store.refund(KEY, "r", "n1", T0 + 1, epoch=0, used=T0, previous=claimed.previous)
+    assert await store.get(KEY, T0 + 1) is None
+    assert await store.list("p1", T0 + 1) == []
+    # replaced (moved by compare-and-set), then failed everywhere: gone as well
+    await store.touch(KEY, "r", T0 + 2, "n1")
+    await store.rebind(KEY, "r", "n1", "n2", T0 + 3, epoch=0, count=True)
+    store.refund(KEY, "r", "n1", T0 + 4, epoch=0, used=T0 + 2, previous=0.0)
+    assert await store.get(KEY, T0 + 4) is None
+
+
+async def test_refund_of_a_claim_keeps_a_request_that_came_meanwhile(
+    store: SessionStore,
+) -> None:
+    """A racing request counted on the claimed session (even at the same instant) keeps it
+    alive when the claimer reaches no node; only the claimer's count is given back."""
+    await store.touch(KEY, "r", T0, "n1")
+    await store.touch(KEY, "r", T0, "n2")  # another request, same instant: counted on n1
+    store.refund(KEY, "r", "n1", T0, epoch=0, used=T0, previous=0.0)
+    assert await store.get(KEY, T0) == SessionRecord(KEY, "r", "n1", T0, T0, T0, 1, 1)
+    # a stale refund (the session ended and was claimed afresh meanwhile) drops nothing
+    await store.delete(KEY)
+    fresh = await store.touch(KEY, "r", T0 + 5, "n3")
+    store.refund(KEY, "r", "n1", T0 + 6, epoch=0, used=T0, previous=0.0)
+    assert await store.get(KEY, T0 + 6) == fresh.record
 
 
 async def test_refund_gives_back_a_count_taken_on_arrival(store: SessionStore) -> None:
@@ -376,6 +433,55 @@ async def test_a_plan_is_a_request_even_without_a_commit(table: SessionTable, cl
         record = await table.get("p1", "s1")
         assert record is not None and record.requests == 1 + i
         assert record.expires(IDLE) == clock() + IDLE
+
+
+async def test_a_new_session_is_claimed_for_the_picked_candidate(
+    table: SessionTable, clock: Clock
+) -> None:
+    """With `pick`, a first request's plan names a claimed, counted session (remote store:
+    picked before the one step; in process: picked after a step that found nothing); its
+    commit writes nothing; a kept request is not affected by the candidate."""
+    picks: list[str] = []
+
+    def pick() -> str:
+        picks.append(f"n{len(picks) + 1}")
+        return picks[-1]
+
+    r = rules(rotate=counted(2))
+    plan = await table.plan("p1", r, pick=pick)
+    assert plan == Plan(
+        KEY, r.canonical(), "n1", new=True, rotate=False, counted=(T0, 0.0)
+    )
+    assert await table.commit(plan, "n1") is None
+    record = await table.get("p1", "s1")
+    assert record == SessionRecord(KEY, r.canonical(), "n1", T0, T0, T0, 1, 1)
+    clock.advance(1)
+    kept = await table.plan("p1", r, pick=pick)
+    assert kept is not None and (kept.node_id, kept.new, kept.rotate) == ("n1", False, False)
+    clock.advance(1)
+    due = await table.plan("p1", r, pick=pick)  # 2 requests counted on n1: rotate
+    assert due is not None and due.rotate and due.node_id == "n1"
+    assert picks[0] == "n1"
+    with pytest.raises(GatewayError) as caught:
+        await table.plan("p1", Rules(country="de", session="s1"), pick=pick)
+    assert caught.value.code is Code.SESSION_PARAMS_MISMATCH
+    nothing = await table.plan("p1", rules("s2"), pick=lambda: None)  # no node matches
+    assert nothing == Plan(
+        SessionKey("p1", "s2"), rules("s2").canonical(), None, new=True, rotate=False
+    )
+    assert await table.get("p1", "s2") is None
+
+
+async def test_a_claimed_first_request_that_reaches_no_node_leaves_no_session(
+    table: SessionTable, clock: Clock
+) -> None:
+    plan = await table.plan("p1", rules(), pick=lambda: "n1")
+    assert plan is not None and plan.node_id == "n1"
+    assert await table.move(plan, "n1", "n2", plan.epoch) == "n2"  # n1 failed: replaced
+    table.abandon(plan, "n2")  # n2 failed too
+    assert await table.get("p1", "s1") is None
+    again = await table.plan("p1", rules(), pick=lambda: "n3")
+    assert again is not None and (again.node_id, again.new) == ("n3", True)
 
 
 async def test_rotate_timed_boundary(table: SessionTable, clock: Clock) -> None:

@@ -97,23 +97,31 @@ class Router:
     ) -> Attempt:
         """Plan the request: gate 6 (raises GatewayError SESSION_PARAMS_MISMATCH, writing
         nothing), then a due rotation or a ban of the session's node, which moves it."""
-        plan = (
-            await self.sessions.plan(package_id, rules, timings)
-            if rules.session is not None  # most requests: no session, nothing to ask
-            else None
-        )
-        if plan is not None and plan.degraded:
-            chosen = self.rendezvous(plan.key, filters)
-            plan = replace(plan, node_id=chosen.id if chosen is not None else None)
         banned = NO_BANS
         if domain is not None and self.bans is not None:
             banned = await self.bans.banned(package_id, domain)
+        plan = None
+        if rules.session is not None:  # most requests: no session, nothing to ask
+            # a new session's candidate: selection only; the lease is taken at the dial
+            def pick() -> str | None:
+                node = self.select(filters, banned, None)
+                return node.id if node is not None else None
+
+            plan = await self.sessions.plan(package_id, rules, timings, pick)
+        if plan is not None and plan.degraded:
+            chosen = self.rendezvous(plan.key, filters)
+            plan = replace(plan, node_id=chosen.id if chosen is not None else None)
         attempt = Attempt(
             self, rules, filters, plan, package_id=package_id, domain=domain, banned=banned
         )
         if plan is not None and plan.node_id is not None:
             # a banned node moves the session like a due rotation (bind-node cannot move)
             moved = plan.node_id in banned and not (rules.bind_node and not plan.new)
+            # a claimed candidate that began cooling down during the store's round trip
+            # moves like a banned node: it was never dialed, so it is no failure
+            cooling = plan.new and plan.counted is not None
+            if cooling and not self.health.available(plan.node_id):
+                moved = True
             if moved or plan.rotate:
                 await attempt.rotate(rules, plan, plan.node_id)
         return attempt

@@ -20,6 +20,14 @@ Per request with a `session` rule:
    counted on that node before this one). A due rotation stays due until it happens: when no
    other node is available the session keeps its node and the next request tries again.
    `now` is the store's (Redis's clock on Redis).
+   Given `pick` (the router's selection), a request finding no session claims it for the
+   picked candidate in that same step (on Redis the candidate is picked before the
+   script; in process only after a step that found nothing): a real record counted on
+   arrival (requests 1, node_requests 1, epoch 0), and the plan names its node (`new`). A
+   racing request finds that session and follows its node, counted like any other. So a
+   new session is ONE script on Redis; its commit sends nothing, a replacement is the
+   compare-and-set `move`, and a request that reached no node refunds it, which drops a
+   session that lived on that request alone.
 2. The caller points the session at the node it will dial. For a new id, `claim(plan, node)`
    writes a provisional record (create-if-absent) and returns the node to dial, which is the
    node of whichever request claimed first: racing first requests end on one node with no
@@ -77,6 +85,7 @@ from exitgate.store.sessions import (
 )
 
 Clock = Callable[[], float]
+Pick = Callable[[], str | None]  # a candidate node for a new session; None: none matches
 
 
 class SessionOutcome(enum.StrEnum):
@@ -131,23 +140,54 @@ class SessionTable:
                 _check_rules(record, rules.canonical())
 
     async def plan(
-        self, package_id: str, rules: Rules, timings: SessionTimings = NO_TIMINGS
+        self,
+        package_id: str,
+        rules: Rules,
+        timings: SessionTimings = NO_TIMINGS,
+        pick: Pick | None = None,
     ) -> Plan | None:
         """Where this request goes; None without a session rule. Counts the request on a kept
-        session (one store step); writes nothing on a mismatch or without a session."""
+        session (one store step); writes nothing on a mismatch or without a session.
+
+        `pick` selects a candidate node for a new session (None: none matches). Given it, a
+        new session is claimed for the candidate, counted on arrival, and the plan names it
+        (`new`, `counted`): on a remote store the candidate is picked before the one step,
+        which claims it when it finds no session (issue 9); in process it is picked only
+        when the step found none and claimed in a second local step, so a kept request
+        costs no selection. Without `pick` (or no candidate) a new session plans with
+        `node_id=None` and the caller claims it (`claim`).
+        """
         if rules.session is None:
             return None
         key = SessionKey(package_id, rules.session)
         canonical = rules.canonical()
+        remote = self.store.remote
+        candidate = pick() if pick is not None and remote else None
         try:
-            touch = await self.store.touch(key, canonical, self.clock())
+            touch = await self.store.touch(key, canonical, self.clock(), candidate, timings)
+            if touch.record is None and pick is not None and not remote:
+                candidate = pick()
+                if candidate is not None:
+                    touch = await self.store.touch(
+                        key, canonical, self.clock(), candidate, timings
+                    )
         except SessionStoreDown:
             return Plan(key, canonical, None, new=False, rotate=False, degraded=True)
         record = touch.record
         if record is None:
             return Plan(key, canonical, None, new=True, rotate=False, timings=timings)
-        _check_rules(record, canonical)
         now = touch.now
+        if touch.claimed:
+            return Plan(
+                key,
+                canonical,
+                record.node_id,
+                new=True,
+                rotate=False,
+                timings=timings,
+                counted=(record.last_used, touch.previous),
+            )
+        _check_rules(record, canonical)
         found = record  # the session as this request found it, for a due rotation
         counted = None
         if touch.counted:

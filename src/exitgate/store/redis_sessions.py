@@ -18,8 +18,10 @@ trip; the `now` the caller passes is then ignored. Without it (the contract test
 and timestamps come from the caller's `now`, exactly as in the memory store. Expiry is
 relative (`PEXPIRE`), never `PEXPIREAT`.
 
-A kept-session request costs ONE script (`touch`: read, count, refresh the idle expiry);
-claims, moves and a first request's `record` are their own scripts (issue 9).
+A request costs ONE script (`touch`: read, count, refresh the idle expiry; or, finding no
+session, claim it for the candidate node the router selected beforehand); moves, a refund
+and the fallback `claim` + `record` (a first request with no candidate) are their own
+scripts (issue 9). `remote` is True: the router selects that candidate before the script.
 
 `release` and `refund` are synchronous (they run in `finally`): they queue the script and a
 background task sends it; every other operation first waits for queued ones, so one
@@ -114,11 +116,19 @@ end
 
 _GET = _PROLOGUE + "return live()"
 
-# ARGV[5] rules. Returns {now, counted 0/1, last_used before, fields...} (no fields: none).
-# The one script of a kept-session request: counts it and restarts its idle expiry.
+# ARGV[5] rules, ARGV[6] candidate node ("": none), ARGV[7..9] timings I L H for a record
+# this call claims. Returns {now, 0 untouched / 1 counted / 2 claimed, last_used before,
+# fields...} (no fields: none). The one script of a request: counts a kept session and
+# restarts its idle expiry, or claims a new one for the candidate, counted on arrival.
 _TOUCH = _PROLOGUE + """
 local f = live()
-if not f then return {nows, 0, ''} end
+if not f then
+  if ARGV[6] == '' then return {nows, 0, ''} end
+  f = {ARGV[5], ARGV[6], nows, nows, nows, '1', '1', ARGV[7], ARGV[8], ARGV[9], '0'}
+  put(f)
+  touch(f)
+  return {nows, 2, '0', unpack(f)}
+end
 if f[1] ~= ARGV[5] or f[6] == '0' then return {nows, 0, '', unpack(f)} end
 local prev = f[5]
 local q = tonumber(f[6]) + 1
@@ -185,16 +195,27 @@ return 0
 """
 
 # ARGV[5] rules, ARGV[6] node, ARGV[7] epoch, ARGV[8] last_used written by the request's touch,
-# ARGV[9] last_used before it. A request counted on arrival reached no node: give it back.
+# ARGV[9] last_used before it ("0": the request claimed the session in `touch`). A request
+# counted on arrival reached no node: give it back.
 _REFUND = _PROLOGUE + """
 local f = live()
 if not f or f[1] ~= ARGV[5] or f[6] == '0' then return 0 end
 local q = tonumber(f[6]) - 1
+local untouched = f[5] == ARGV[8]
+if ARGV[9] == '0' then
+  -- the request claimed the session in `touch`: drop it unless others came meanwhile
+  if q < 1 and untouched then
+    drop()
+    return 1
+  end
+elseif untouched then
+  f[5] = ARGV[9]
+end
 if q < 1 then q = 1 end
 local k = tonumber(f[7])
 if f[2] == ARGV[6] and f[11] == ARGV[7] and k > 0 then k = k - 1 end
+if k > q then k = q end  -- a count it moved to a new node (replaced a claim) leaves with it
 f[6] = tostring(q); f[7] = tostring(k)
-if f[5] == ARGV[8] then f[5] = ARGV[9] end
 if now >= expiry(f) then
   drop()
   return 1
@@ -328,6 +349,10 @@ class RedisSessionStore:
     def idle_timeout(self) -> float:
         return self._idle
 
+    @property
+    def remote(self) -> bool:
+        return True  # every step is a round trip: a first request is claimed by `touch`
+
     def _keys(self, key: SessionKey) -> list[str]:
         p = self.prefix
         return [f"{p}s:{key.package_id}:{key.session_id}", f"{p}sp:{key.package_id}", f"{p}sx"]
@@ -362,14 +387,24 @@ class RedisSessionStore:
         await self._settled()
         return _record(key, await self._call(self._get, self._keys(key), self._args(key, now)))
 
-    async def touch(self, key: SessionKey, rules: str, now: float) -> Touch:
+    async def touch(
+        self,
+        key: SessionKey,
+        rules: str,
+        now: float,
+        node_id: str | None = None,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> Touch:
         await self._settled()
-        args = self._args(key, now, rules)
+        args = self._args(key, now, rules, node_id or "", *_timing_args(timings))
         reply: Any = await self._call(self._touch, self._keys(key), args)
         at = int(reply[0]) / US
         record = _record(key, reply[3:])
-        if int(reply[1]) != 1:
+        step = int(reply[1])
+        if step == 0:
             return Touch(record, at)
+        if step == 2:
+            return Touch(record, at, counted=True, claimed=True)
         return Touch(record, at, counted=True, previous=int(reply[2]) / US)
 
     async def claim(

@@ -19,7 +19,11 @@ admin API.
 - `requests == 0` marks a *provisional* record: a first request claimed the id and is still
   dialing. Racing first requests find it and follow its node, so they end on one node without
   waiting for each other (SPEC 5). It becomes a session when a request reaches a node
-  (`record`), and is dropped (`release`) when the first request fails altogether.
+  (`record`), and is dropped (`release`) when the first request fails altogether. A first
+  request that names its candidate to `touch` (the router does, issue 9) makes no
+  provisional record: it claims a real one, counted on arrival, and a racing request finds
+  a session like any other; `claim` remains for a first request that had no candidate
+  then, and for a session that vanished while a request moved it.
 - A record is live while `now < last_used + idle_timeout`; from that instant on it is gone for
   every operation, exactly as a Redis key with `PEXPIREAT last_used + idle_timeout` vanishes.
   `expire(now)` only reclaims memory; no reader ever sees an expired record.
@@ -36,13 +40,18 @@ admin API.
 Operations (each atomic; "live" = present and not expired; all but `release` are coroutines)
 ----------
     get(key, now)                          the live record or None
-    touch(key, rules, now)                 a request arrives (issue 9: ONE step per kept-session
-                                           request): the live record with `rules` that is not
+    touch(key, rules, now, node, timings)  a request arrives (issue 9: ONE step per request):
+                                           the live record with `rules` that is not
                                            provisional counts it (requests += 1,
                                            node_requests += 1, last_used = now); any other
-                                           record, or none, is returned untouched. A `Touch`:
-                                           the record after the step, the store's `now`
-                                           (Redis: its own clock), whether it counted
+                                           record is returned untouched. No live record and a
+                                           candidate `node`: the request claims the session
+                                           for it, a real record counted on arrival
+                                           (requests 1, node_requests 1, epoch 0, `timings`);
+                                           no record and no `node`: nothing written. A
+                                           `Touch`: the record after the step, the store's
+                                           `now` (Redis: its own clock), whether it counted
+                                           and whether it claimed
     claim(key, rules, node, now, timings)  create-if-absent: a provisional record for `node`;
                                            returns the live record, ours or a winner's
                                            (compare its rules: a loser may be a mismatch)
@@ -67,7 +76,10 @@ Operations (each atomic; "live" = present and not expired; all but `release` are
                                            while the record is still on (node, epoch)) and, if
                                            no request touched it since (last_used == used),
                                            last_used = previous: the idle expiry counts from the
-                                           last request that reached a node again
+                                           last request that reached a node again. previous 0:
+                                           the request claimed the session in `touch`; it is
+                                           dropped if no other request counted or touched it
+                                           since, else their count and last_used stand
     delete(key)                            end a session (admin)
     list(package_id, now)                  live, non-provisional records of a package
     expire(now)                            reclaim expired records (Redis: TTL does it)
@@ -148,12 +160,15 @@ class SessionRecord:
 class Touch:
     """What `touch` did: the live record after it (None: none, nothing written), the store's
     time of the step, and whether this request was counted (then `previous` is the
-    `last_used` it replaced, for `refund`)."""
+    `last_used` it replaced, for `refund`) or `claimed` the session (counted too; `previous`
+    is 0: a refund then finds the record expired and drops it, since it lived on this
+    request alone)."""
 
     record: SessionRecord | None
     now: float
     counted: bool = False
     previous: float = 0.0
+    claimed: bool = False
 
 
 class SessionStore(Protocol):
@@ -166,8 +181,19 @@ class SessionStore(Protocol):
 
     @property
     def idle_timeout(self) -> float: ...
+    # True: every step is a network round trip (Redis), so the router selects a first
+    # request's candidate before `touch` and a new session is claimed in that one step
+    @property
+    def remote(self) -> bool: ...
     async def get(self, key: SessionKey, now: float) -> SessionRecord | None: ...
-    async def touch(self, key: SessionKey, rules: str, now: float) -> Touch: ...
+    async def touch(
+        self,
+        key: SessionKey,
+        rules: str,
+        now: float,
+        node_id: str | None = None,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> Touch: ...
     async def claim(
         self,
         key: SessionKey,
@@ -237,6 +263,10 @@ class MemorySessionStore:
     def idle_timeout(self) -> float:
         return self._idle
 
+    @property
+    def remote(self) -> bool:
+        return False  # in process: a step costs no round trip
+
     def __len__(self) -> int:
         """Stored records, expired ones not yet reclaimed included."""
         return len(self._records)
@@ -245,9 +275,20 @@ class MemorySessionStore:
         with self._lock:
             return self._live(key, now)
 
-    async def touch(self, key: SessionKey, rules: str, now: float) -> Touch:
+    async def touch(
+        self,
+        key: SessionKey,
+        rules: str,
+        now: float,
+        node_id: str | None = None,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> Touch:
         with self._lock:
             current = self._live(key, now)
+            if current is None and node_id is not None:
+                claimed = SessionRecord(key, rules, node_id, now, now, now, 1, 1, timings)
+                self._put(claimed)
+                return Touch(claimed, now, counted=True, claimed=True)
             if current is None or current.rules != rules or current.provisional:
                 return Touch(current, now)
             record = replace(
@@ -353,11 +394,20 @@ class MemorySessionStore:
             if current is None or current.rules != rules or current.provisional:
                 return
             same = current.node_id == node_id and current.epoch == epoch
+            untouched = current.last_used == used  # no request touched it since
+            last_used = previous if untouched else current.last_used
+            if previous == 0.0:  # the request claimed the session (`touch` with a node)
+                if current.requests <= 1 and untouched:
+                    self._drop(key)  # it lived on this request alone
+                    return
+                last_used = current.last_used  # others came meanwhile: theirs stands
+            requests = max(1, current.requests - 1)
             record = replace(
                 current,
-                requests=max(1, current.requests - 1),
-                node_requests=max(0, current.node_requests - same),
-                last_used=previous if current.last_used == used else current.last_used,
+                requests=requests,
+                # a count it moved to a new node (replaced a claim) leaves with it
+                node_requests=min(requests, max(0, current.node_requests - same)),
+                last_used=last_used,
             )
             if now >= record.expires(self._idle):
                 self._drop(key)  # it lived on this request alone
