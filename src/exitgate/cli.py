@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -70,6 +71,17 @@ def _run(coro: Any) -> None:
         uvloop.run(coro)
 
 
+def settle_heap() -> int:
+    """Once the gateway runs: collect the start-up garbage, then freeze what is left (imports,
+    settings, the registry: ~160,000 objects that live as long as the process) out of the
+    collector's reach. A full (generation 2) collection otherwise rescans them all and stops
+    the event loop for 140-270 ms every few seconds under load; frozen, it scans only what
+    came later (2-5 ms). Returns the number of objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 async def _serve(config: Path | None, demo: bool) -> None:
     from exitgate.app import Gateway
     from exitgate.checker import serve_checker
@@ -125,6 +137,7 @@ async def _serve(config: Path | None, demo: bool) -> None:
         elif not settings.admin.token:
             typer.echo(f"exitgate: admin token in {token_file}")
     sys.stdout.flush()
+    settle_heap()
     await stop.wait()
     typer.echo("exitgate: stopping", err=True)
     if checker_task is not None:
