@@ -104,6 +104,7 @@ async def _serve(config: Path | None, demo: bool) -> None:
         await gateway.stop(0)
         _fail(f"cannot start: {exc.strerror or exc}")
         return
+    settle_heap()  # before anything is announced: a stall now, not under the first requests
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,7 +138,6 @@ async def _serve(config: Path | None, demo: bool) -> None:
         elif not settings.admin.token:
             typer.echo(f"exitgate: admin token in {token_file}")
     sys.stdout.flush()
-    settle_heap()
     await stop.wait()
     typer.echo("exitgate: stopping", err=True)
     if checker_task is not None:

@@ -209,9 +209,16 @@ def test_rps_burst_is_refused_past_the_rate(gw, node, origin: Origin) -> None:
     assert 5 <= len(ok) <= 7  # burst = rate; a token or two may refill during the loop
     assert refused and all(s[1] == "RATE_LIMIT_EXCEEDED" for s in refused)
     assert "per second" in refused[0][2]
-    result = socks5_connect((gw.proxy_host, gw.proxy_port), "127.0.0.1", origin.port,
-                            "country-us", key)
-    assert (result.stage, result.status) == ("reply", 0x02)
+    # SOCKS5 shares the bucket: back-to-back connects outrun its 5/s refill (on a loaded
+    # machine a token may have come back since the loop above, so one may still pass)
+    results = [socks5_connect((gw.proxy_host, gw.proxy_port), "127.0.0.1", origin.port,
+                              "country-us", key) for _ in range(8)]
+    for r in results:
+        if r.sock is not None:
+            r.sock.close()
+    replies = [(r.stage, r.status) for r in results]
+    assert ("reply", 0x02) in replies
+    assert all(reply in (("reply", 0x00), ("reply", 0x02)) for reply in replies)
 
 
 def test_third_tunnel_against_concurrency_two(gw, node, sink) -> None:
