@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,11 @@ def measure_rss(count: int, idle_seconds: float) -> dict[str, float]:
 # -- fleet: real agents, registration, idle cost, restart ----------------------------------------
 
 
-async def real_agents_main(port: int, count: int) -> None:
-    """`count` real agents; on stdin `report`: [index, time.time()] of every registration."""
+def recorded_agents(
+    port: int, count: int, token: str, prefix: str
+) -> tuple[list[asyncio.Task[None]], list[tuple[int, float]]]:
+    """`count` real agents started on the hub at `port`, and the list their registrations
+    go into as they happen: (agent index, time.time()). Also bench/cluster_bench.py's."""
     from exitgate.agent.client import Agent, AgentConfig
     from exitgate.tasks import spawn
 
@@ -256,19 +260,29 @@ async def real_agents_main(port: int, count: int) -> None:
 
     agents = []
     for i in range(count):
-        agent = Agent(AgentConfig(hub=f"127.0.0.1:{port}", token=TOKEN, agent_id=f"fl-{i}"))
+        agent = Agent(AgentConfig(hub=f"127.0.0.1:{port}", token=token, agent_id=f"{prefix}{i}"))
         agent.registered = Recording(i)
         agents.append(agent)
-    print(json.dumps({"spawned": time.time()}), flush=True)
-    tasks = [spawn(a.run(), f"agent-{i}") for i, a in enumerate(agents)]
+    return [spawn(a.run(), f"agent-{i}") for i, a in enumerate(agents)], registrations
+
+
+async def answer_reports(tasks: list[asyncio.Task[None]], report: Callable[[], object]) -> None:
+    """Print `report()` as JSON for every `report` line on stdin; at EOF stop the agents."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
         if line.strip() == b"report":
-            print(json.dumps(registrations), flush=True)
+            print(json.dumps(report()), flush=True)
     for t in tasks:
         t.cancel()
+
+
+async def real_agents_main(port: int, count: int) -> None:
+    """`count` real agents; on stdin `report`: [index, time.time()] of every registration."""
+    tasks, registrations = recorded_agents(port, count, TOKEN, "fl-")
+    print(json.dumps({"spawned": time.time()}), flush=True)
+    await answer_reports(tasks, lambda: registrations)
 
 
 class HubProc:

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from bench.agents_bench import answer_reports, recorded_agents  # noqa: E402
 from bench.procs import Proc, cpu_seconds, free_port, raise_nofile, rss_kib, wait_port  # noqa: E402
 
 EXITGATE = ROOT / ".venv" / "bin" / "exitgate"
@@ -352,37 +353,11 @@ def part_fleet(stores: Stores, workdir: Path, count: int, limit: float) -> dict[
 
 async def real_agents_main(port: int, count: int) -> None:
     """`count` real Agent instances; on stdin `report`, every registration's time.time()."""
-    from exitgate.agent.client import Agent, AgentConfig
-    from exitgate.tasks import spawn
-
-    registrations: list[tuple[int, float]] = []
-
-    class Recording(asyncio.Event):
-        def __init__(self, index: int) -> None:
-            super().__init__()
-            self.index = index
-
-        def set(self) -> None:
-            registrations.append((self.index, time.time()))
-            super().set()
-
-    agents = []
-    for i in range(count):
-        agent = Agent(AgentConfig(hub=f"127.0.0.1:{port}", token=HUB_TOKEN, agent_id=f"rs-{i}"))
-        agent.registered = Recording(i)
-        agents.append(agent)
-    tasks = [spawn(a.run(), f"agent-{i}") for i, a in enumerate(agents)]
+    tasks, registrations = recorded_agents(port, count, HUB_TOKEN, "rs-")
     while len({i for i, _ in registrations}) < count:
         await asyncio.sleep(0.05)
     print(json.dumps({"ready": time.time()}), flush=True)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        if line.strip() == b"report":
-            print(json.dumps({"registrations": registrations}), flush=True)
-    for t in tasks:
-        t.cancel()
+    await answer_reports(tasks, lambda: {"registrations": registrations})
 
 
 def part_restart(stores: Stores, workdir: Path, count: int) -> dict[str, Any]:
