@@ -46,17 +46,50 @@ def tls_lb_gw(tmp_path: Path) -> Iterator[GatewayThread]:
 def _tls_exchange(
     gw: GatewayThread, header: bytes, request: bytes, source: str = "127.0.0.1"
 ) -> bytes:
-    """Send `header` in the clear, then `request` inside TLS; everything answered."""
+    """Send `header` in the clear, then `request` inside TLS; everything answered.
+
+    TLS runs over memory buffers, not `wrap_socket`: the plain socket keeps its descriptor,
+    so a handshake the gateway refuses still closes it (an `SSLSocket` that fails while it
+    is being made is left to the garbage collector, unclosed)."""
     context = ssl.create_default_context(cafile=str(gw.cert))  # type: ignore[attr-defined]
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
     with socket.create_connection(
         (gw.proxy_host, gw.proxy_port), timeout=5, source_address=(source, 0)
     ) as raw:
         raw.sendall(header)
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(request)
-            chunks = []
-            while chunk := tls.recv(65536):
-                chunks.append(chunk)
+
+        def receive() -> bool:
+            data = raw.recv(65536)
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+            return bool(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                if not receive():
+                    raise ssl.SSLEOFError("closed during the TLS handshake") from None
+        tls.write(request)
+        raw.sendall(outgoing.read())
+        chunks = []
+        while True:
+            try:
+                chunk = tls.read(65536)
+            except ssl.SSLWantReadError:
+                if not receive():
+                    break
+                continue
+            except ssl.SSLZeroReturnError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
