@@ -24,9 +24,10 @@ from bench.procs import Proc, raise_nofile
 from bench.report import render
 from bench.scenarios import FULL, QUICK, SCENARIOS, Direct, Runner, cases, one_line
 
-VARIANTS = ("metering_off", "upstream", "agent", "sessions", "limits")
+VARIANTS = ("compiled", "metering_off", "upstream", "agent", "sessions", "limits")
 SESSIONS = 10_000  # issue 10: distinct session-... usernames, each reused
 VARIANT_NAMES = {
+    "compiled": "exitgate compiled",
     "sessions": "exitgate sessions",
     "limits": "exitgate limits",
     "metering_off": "exitgate metering off",
@@ -59,7 +60,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default=",".join(VARIANTS),
-        help="exitgate variants: metering_off, upstream, agent, or 'none'",
+        help="exitgate variants: compiled, metering_off, upstream, agent, sessions, limits, "
+        "or 'none'",
     )
     p.add_argument("--no-exitgate", action="store_true", help="peers and direct only")
     p.add_argument("--no-select", action="store_true", help="skip bench/select_bench.py")
@@ -305,6 +307,17 @@ def _start_exitgate(
         log(f"exitgate not measured: {exc}")
         return [], instances, upstream
     targets.append(ExitgateTarget("exitgate", main_inst, "us"))
+    if "compiled" in variants:
+        try:
+            tree = install.compiled_tree()
+            inst = Instance("compiled", workdir, env=dict(os.environ, PYTHONPATH=str(tree)))
+            inst.start()
+            instances.append(inst)
+            inst.provision(upstream_url)
+            targets.append(ExitgateTarget(VARIANT_NAMES["compiled"], inst, "us"))
+        except (GatewayUnavailable, subprocess.CalledProcessError) as exc:
+            notes.append(f"compiled variant skipped: {one_line(exc)}")
+            log(f"compiled variant skipped: {exc}")
     if "metering_off" in variants:
         inst = Instance("nometer", workdir, metering=False)
         try:

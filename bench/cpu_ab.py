@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("-c", type=int, default=64)
     p.add_argument("--sessions", type=int, default=0, help="username sessions (loadgen)")
+    p.add_argument(
+        "--new-src",
+        default="",
+        help="run 'new' from this source folder instead of the working tree (a compiled build)",
+    )
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     raise_nofile()
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.append(origin)
         port = _origin_port(origin)
         targets = []
-        for name, e in (("base", env), ("new", None)):
+        new_env = dict(os.environ, PYTHONPATH=args.new_src) if args.new_src else None
+        for name, e in (("base", env), ("new", new_env)):
             inst = Instance(name, work, env=e)
             inst.start()
             stop.append(inst)

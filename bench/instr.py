@@ -15,7 +15,8 @@ miss or a system call costs more than an instruction, and kernel work is not cou
 own user-space work.
 
 Targets: `exitgate` (the working tree), `base` (the tree at `--base REV`, via PYTHONPATH),
-`floor` (bench/floorproxy.py). Needs valgrind and bench/build/loadgen.
+`src:DIR` (the source tree in DIR, via PYTHONPATH: a compiled build), `floor`
+(bench/floorproxy.py). Needs valgrind and bench/build/loadgen.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         origin.start()
         stop.append(origin)
         target = f"127.0.0.1:{_origin_port(origin)}"
-        for name in args.targets.split(","):
+        for spec in args.targets.split(","):
+            name = "src" if spec.startswith("src:") else spec
             if name == "floor":
                 port = free_port()
                 script = install.BENCH / "floorproxy.py"
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers[name] = (port, USER, PASS, proc.pid)
                 continue
             env = None
-            if name == "base":
+            if name == "src":  # a prepared source tree (a compiled build)
+                env = dict(os.environ, PYTHONPATH=spec.removeprefix("src:"))
+            elif name == "base":
                 src = work / "base"
                 src.mkdir()
                 tar = subprocess.run(["git", "-C", str(install.ROOT), "archive", args.base, "src"],

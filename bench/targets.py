@@ -45,6 +45,57 @@ TARGETS = [
     Target("SOCKS5 tunnels/s c=64 ≥ 0.8× floor", "socks5_rate c=64", "rate", "floor", 0.8),
     Target("forward req/s c=64 ≥ 1.0× squid", "forward_rps c=64", "rate", "squid", 1.0),
     Target("(stretch) forward c=64 ≥ 1.5× squid", "forward_rps c=64", "rate", "squid", 1.5),
+    # the same, for the compiled build (hatch_build.py; variant "compiled")
+    Target(
+        "compiled: CONNECT CPU per tunnel c=64 ≤ 1.3× floor",
+        "connect_rate c=64",
+        "cpu_ms_per_1k",
+        "floor",
+        1.3,
+        higher_is_better=False,
+        mine="exitgate compiled",
+    ),
+    Target(
+        "compiled: CONNECT tunnels/s c=64 ≥ 1.0× squid",
+        "connect_rate c=64",
+        "rate",
+        "squid",
+        1.0,
+        mine="exitgate compiled",
+    ),
+    Target(
+        "compiled: SOCKS5 tunnels/s c=64 ≥ 0.8× floor",
+        "socks5_rate c=64",
+        "rate",
+        "floor",
+        0.8,
+        mine="exitgate compiled",
+    ),
+    Target(
+        "compiled: SOCKS5 tunnels/s c=64 ≥ 2× dante",
+        "socks5_rate c=64",
+        "rate",
+        "dante",
+        2.0,
+        mine="exitgate compiled",
+    ),
+    Target(
+        "compiled: forward req/s c=64 ≥ 1.0× squid",
+        "forward_rps c=64",
+        "rate",
+        "squid",
+        1.0,
+        mine="exitgate compiled",
+    ),
+    Target(
+        "compiled: CONNECT + request p50 at c=1 ≤ tinyproxy's",
+        "connect_rate c=1",
+        "p50_ms",
+        "tinyproxy",
+        1.0,
+        higher_is_better=False,
+        mine="exitgate compiled",
+    ),
     Target(
         "sessions: CONNECT c=64 within 15% of sessionless",
         "connect_rate c=64",
@@ -152,7 +203,7 @@ ISSUE10_ROWS = [
     ("SOCKS5 proxy CPU per tunnel, c=64", "socks5_rate c=64", "cpu_ms_per_1k", "", " µs"),
     ("CONNECT + GET p50 at c=1", "connect_rate c=1", "p50_ms", "tinyproxy", " ms"),
 ]
-ISSUE10_COLUMNS = ["exitgate", "squid", "tinyproxy", "dante", "floor"]
+ISSUE10_COLUMNS = ["exitgate", "exitgate compiled", "squid", "tinyproxy", "dante", "floor"]
 
 
 def render_issue10(results: Results) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+import exitgate
 from exitgate.admin.cli import errors_command, node_app, org_app, package_app, usage_command
 from exitgate.admin.cli_bans import ban_app
 from exitgate.admin.cli_catalog import catalog_command
@@ -126,7 +127,8 @@ async def _serve(config: Path | None, demo: bool) -> None:
             typer.echo(f"  admin token in {settings.data_dir / 'admin.token'}\n")
     else:
         admin = bound.admin_url if bound.admin[0] else "worker 0"
-        typer.echo(f"exitgate: proxy on {bound.proxy_url}, admin API on {admin}")
+        core = " (compiled core)" if exitgate.compiled() else ""
+        typer.echo(f"exitgate: proxy on {bound.proxy_url}, admin API on {admin}{core}")
         if bound.hub is not None:
             where = "configured" if settings.hub.token else str(settings.data_dir / "hub.token")
             typer.echo(

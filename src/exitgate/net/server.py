@@ -100,7 +100,10 @@ class ProxyServer:
             reuse_port=self.ctx.proxy.reuse_port or None,
         )
         self.servers.append(server)
-        bound = server.sockets[0].getsockname()
+        # uvloop's `sockets` is a list, typeshed says tuple: read untyped, or the compiled
+        # build (hatch_build.py) would check it against the stub and refuse it.
+        sockets: Any = getattr(server, "sockets")  # noqa: B009
+        bound = sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
     def _accepted(self, conn: Conn, mode: Mode) -> None:

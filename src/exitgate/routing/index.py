@@ -33,6 +33,8 @@ import random
 from collections.abc import Callable, Collection, Hashable, Iterator
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 from exitgate.model import Node, NodeAttrs, NodeState
 from exitgate.routing.select import NETWORK_ORDER, Filters, Load, matches, two_choices
 
@@ -69,6 +71,8 @@ class _Entry:
         self.pos = [0] * _SLOTS
 
 
+# A list subclass: mypyc compiles it as a regular class (it cannot subclass list natively).
+@mypyc_attr(native_class=False)
 class _Bucket(list[_Entry]):
     """The selectable nodes under one key; `version` changes with every add or remove."""
 

@@ -42,6 +42,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from mypy_extensions import mypyc_attr
+
 from exitgate.errors import SocksReply
 from exitgate.model import Target
 from exitgate.wire.host import normalize_host
@@ -119,6 +121,7 @@ class Socks5Error(Exception):
         self.reply = reply
 
 
+@mypyc_attr(native_class=False)  # mypyc cannot subclass RuntimeError natively
 class Socks5UsageError(RuntimeError):
     """The driver called the core out of order (a programming error)."""
 
