@@ -97,7 +97,7 @@ class AccessLog:
         self.interval = interval
         self.queue: deque[Entry] = deque()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self._out: IO[str] | None = None
         self._owned = False
 
@@ -120,21 +120,21 @@ class AccessLog:
         elif not _is_fifo(self.target):
             self._out = open(self.target, "a", encoding="utf-8")  # noqa: SIM115 - kept open
             self._owned = True
-        self._thread = threading.Thread(target=self._run, name="exitgate-accesslog", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._run, name="exitgate-accesslog", daemon=True)
+        self._writer.start()
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued (for at most `timeout` seconds) and stop the writer; the
         writer closes its file as it leaves. A writer stuck in a write (a FIFO nobody reads,
         a hung disk) is left behind: it is a daemon thread, and the relay never waited."""
         self._stop.set()
-        thread = self._thread
+        thread = self._writer
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("access log %s: writer still blocked at close", self.target)
             else:
-                self._thread = None
+                self._writer = None
 
     # -- the writer thread ------------------------------------------------------------------
     def _run(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 WEIGHT = 0.2  # of the newest sample in the smoothed connect time
 
 
@@ -23,6 +25,7 @@ class NodeConnects:
     avg_ms: float = 0.0  # exponentially weighted
 
 
+@mypyc_attr(native_class=False)  # a dict subclass: mypyc cannot make it native
 class ConnectFigures(dict[str, NodeConnects]):
     """node id → its connect figures."""
 
