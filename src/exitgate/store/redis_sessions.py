@@ -1,7 +1,8 @@
 """`SessionStore` on Redis: sticky sessions shared by every gateway instance on one server.
 
 Each operation of the contract in `store/sessions.py` is ONE Lua script, so two instances racing
-on a session id see one winner, exactly as two requests do in one process.
+on a session id see one winner, exactly as two requests do in one process. The scripts are in
+`store/redis_session_scripts.py`.
 
 Keys (all under the configured prefix, default `eg:`):
 - `{p}s:{package}:{session}`: a hash `r` rules, `n` node, `c` created, `a` assigned,
@@ -40,6 +41,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from exitgate.store import redis_session_scripts as scripts
 from exitgate.store.sessions import (
     NO_TIMINGS,
     SessionKey,
@@ -54,221 +56,6 @@ log = logging.getLogger("exitgate.sessions")
 
 US = 1_000_000
 DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
-
-# Shared prologue: KEYS[1] record hash, KEYS[2] package zset, KEYS[3] global zset;
-# ARGV[1] now (µs; "" = Redis's TIME), ARGV[2] default idle (µs), ARGV[3] member of the
-# global zset, ARGV[4] session id. Fields: r n c a u q k, then the session's own timings
-# (legacy usernames): I idle (µs), L lifetime (µs), H hold (s); "" when not set; E epoch.
-# `live()` deletes an expired record (what the TTL will do anyway) and returns its fields.
-# TIME before writes needs effects replication: the default from Redis 5, asked for on 3.2-4.
-_EXPIRY = """
-local now = tonumber(ARGV[1])
-if ARGV[1] == '' then
-  if redis.replicate_commands then redis.replicate_commands() end
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local nows = string.format('%.0f', now)
-local idle = tonumber(ARGV[2])
-local function expiry(f)
-  local i = idle
-  if f[8] and f[8] ~= '' then i = tonumber(f[8]) end
-  local e = tonumber(f[5]) + i
-  if f[9] and f[9] ~= '' then
-    local l = tonumber(f[3]) + tonumber(f[9])
-    if l < e then e = l end
-  end
-  return e
-end
-"""
-_PROLOGUE = _EXPIRY + """
-local function drop()
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[4])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-end
-local function live()
-  local f = redis.call('HMGET', KEYS[1], 'r', 'n', 'c', 'a', 'u', 'q', 'k', 'I', 'L', 'H', 'E')
-  if not f[1] then return nil end
-  if not f[11] then f[11] = '0' end
-  if now >= expiry(f) then
-    drop()
-    return nil
-  end
-  return f
-end
-local function touch(f)
-  local e = expiry(f)
-  local ttl = math.ceil((e - now) / 1000)
-  if ttl < 1 then ttl = 1 end
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('ZADD', KEYS[2], string.format('%.0f', e), ARGV[4])
-  if redis.call('PTTL', KEYS[2]) < ttl + 1000 then
-    redis.call('PEXPIRE', KEYS[2], ttl + 1000)
-  end
-  redis.call('ZADD', KEYS[3], string.format('%.0f', e), ARGV[3])
-end
-local function put(f)
-  redis.call('HSET', KEYS[1], 'r', f[1], 'n', f[2], 'c', f[3], 'a', f[4], 'u', f[5],
-    'q', f[6], 'k', f[7], 'I', f[8], 'L', f[9], 'H', f[10], 'E', f[11])
-end
-"""
-
-_GET = _PROLOGUE + "return live()"
-
-# ARGV[5] rules, ARGV[6] candidate node ("": none), ARGV[7..9] timings I L H for a record
-# this call claims. Returns {now, 0 untouched / 1 counted / 2 claimed, last_used before,
-# fields...} (no fields: none). The one script of a request: counts a kept session and
-# restarts its idle expiry, or claims a new one for the candidate, counted on arrival.
-_TOUCH = _PROLOGUE + """
-local f = live()
-if not f then
-  if ARGV[6] == '' then return {nows, 0, ''} end
-  f = {ARGV[5], ARGV[6], nows, nows, nows, '1', '1', ARGV[7], ARGV[8], ARGV[9], '0'}
-  put(f)
-  touch(f)
-  return {nows, 2, '0', unpack(f)}
-end
-if f[1] ~= ARGV[5] or f[6] == '0' then return {nows, 0, '', unpack(f)} end
-local prev = f[5]
-local q = tonumber(f[6]) + 1
-local k = tonumber(f[7]) + 1
-redis.call('HSET', KEYS[1], 'u', nows, 'q', q, 'k', k)
-f[5] = nows; f[6] = tostring(q); f[7] = tostring(k)
-touch(f)
-return {nows, 1, prev, unpack(f)}
-"""
-
-# ARGV[5] rules, ARGV[6] node, ARGV[7..9] timings I L H for a record this call creates
-_CLAIM = _PROLOGUE + """
-local f = live()
-if f then return f end
-f = {ARGV[5], ARGV[6], nows, nows, nows, '0', '0', ARGV[7], ARGV[8], ARGV[9], '0'}
-put(f)
-touch(f)
-return f
-"""
-
-# ARGV[5] rules, ARGV[6] expected node, ARGV[7] new node, ARGV[8] expected epoch ("": any),
-# ARGV[9] node_requests to start the new node with (1: the moving request was counted)
-_REBIND = _PROLOGUE + """
-local f = live()
-if not f then return nil end
-if f[1] ~= ARGV[5] or f[2] ~= ARGV[6] or ARGV[6] == ARGV[7] then return f end
-if ARGV[8] ~= '' and f[11] ~= ARGV[8] then return f end
-local e = tostring(tonumber(f[11]) + 1)
-redis.call('HSET', KEYS[1], 'n', ARGV[7], 'a', nows, 'k', ARGV[9], 'E', e)
-f[2] = ARGV[7]; f[4] = nows; f[7] = ARGV[9]; f[11] = e
-return f
-"""
-
-# ARGV[5] rules, ARGV[6] node, ARGV[7..9] timings. Returns nil (and writes nothing) when the
-# rules differ.
-_RECORD = _PROLOGUE + """
-local f = live()
-if not f then
-  f = {ARGV[5], ARGV[6], nows, nows, nows, '1', '1', ARGV[7], ARGV[8], ARGV[9], '0'}
-  put(f)
-  touch(f)
-  return f
-end
-if f[1] ~= ARGV[5] then return nil end
-local q = tonumber(f[6]) + 1
-local k = tonumber(f[7])
-if f[2] == ARGV[6] then k = k + 1 end
-redis.call('HSET', KEYS[1], 'u', nows, 'q', q, 'k', k)
-f[5] = nows; f[6] = tostring(q); f[7] = tostring(k)
-touch(f)
-return f
-"""
-
-# ARGV[5] node: drop the record only while it is provisional and on that node
-_RELEASE = _PROLOGUE + """
-local f = redis.call('HMGET', KEYS[1], 'n', 'q')
-if f[1] == ARGV[5] and f[2] == '0' then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[4])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-# ARGV[5] rules, ARGV[6] node, ARGV[7] epoch, ARGV[8] last_used written by the request's touch,
-# ARGV[9] last_used before it ("0": the request claimed the session in `touch`). A request
-# counted on arrival reached no node: give it back.
-_REFUND = _PROLOGUE + """
-local f = live()
-if not f or f[1] ~= ARGV[5] or f[6] == '0' then return 0 end
-local q = tonumber(f[6]) - 1
-local untouched = f[5] == ARGV[8]
-if ARGV[9] == '0' then
-  -- the request claimed the session in `touch`: drop it unless others came meanwhile
-  if q < 1 and untouched then
-    drop()
-    return 1
-  end
-elseif untouched then
-  f[5] = ARGV[9]
-end
-if q < 1 then q = 1 end
-local k = tonumber(f[7])
-if f[2] == ARGV[6] and f[11] == ARGV[7] and k > 0 then k = k - 1 end
-if k > q then k = q end  -- a count it moved to a new node (replaced a claim) leaves with it
-f[6] = tostring(q); f[7] = tostring(k)
-if now >= expiry(f) then
-  drop()
-  return 1
-end
-redis.call('HSET', KEYS[1], 'u', f[5], 'q', q, 'k', k)
-touch(f)
-return 1
-"""
-
-_DELETE = """
-local n = redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[2])
-return n
-"""
-
-# KEYS[1] package zset; ARGV[1] now, ARGV[2] idle, ARGV[3] record key prefix.
-_LIST = _EXPIRY + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', nows)
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-local out = {}
-for _, sid in ipairs(ids) do
-  local f = redis.call('HMGET', ARGV[3] .. sid,
-    'r', 'n', 'c', 'a', 'u', 'q', 'k', 'I', 'L', 'H', 'E')
-  if f[1] and now < expiry(f) and f[6] ~= '0' then
-    table.insert(out, sid)
-    for i = 1, 11 do table.insert(out, f[i] or '') end
-  end
-end
-return out
-"""
-
-# KEYS[1] global zset; ARGV[1] now, ARGV[2] idle, ARGV[3] key prefix. Drops every record whose
-# expiry score is at or before now and that is not live by its own fields.
-_EXPIRE = _EXPIRY + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', nows)
-local dropped = 0
-for _, member in ipairs(due) do
-  local sep = string.find(member, '\\0', 1, true)
-  local pkg = string.sub(member, 1, sep - 1)
-  local sid = string.sub(member, sep + 1)
-  local key = ARGV[3] .. 's:' .. pkg .. ':' .. sid
-  local f = redis.call('HMGET', key, 'r', 'n', 'c', 'a', 'u', 'q', 'k', 'I', 'L', 'H')
-  if f[1] and now < expiry(f) then
-    redis.call('ZADD', KEYS[1], string.format('%.0f', expiry(f)), member)
-  else
-    if redis.call('DEL', key) == 1 then dropped = dropped + 1 end
-    redis.call('ZREM', ARGV[3] .. 'sp:' .. pkg, sid)
-    redis.call('ZREM', KEYS[1], member)
-  end
-end
-return dropped
-"""
 
 
 def _us(seconds: float) -> int:
@@ -329,16 +116,16 @@ class RedisSessionStore:
         self._idle_us = _us(idle_timeout)
         self.prefix = prefix
         self.server_time = server_time  # scripts read Redis's TIME; `now` is ignored
-        self._get = self.redis.register_script(_GET)
-        self._touch = self.redis.register_script(_TOUCH)
-        self._refund = self.redis.register_script(_REFUND)
-        self._claim = self.redis.register_script(_CLAIM)
-        self._rebind = self.redis.register_script(_REBIND)
-        self._record_script = self.redis.register_script(_RECORD)
-        self._release = self.redis.register_script(_RELEASE)
-        self._delete = self.redis.register_script(_DELETE)
-        self._list = self.redis.register_script(_LIST)
-        self._expire = self.redis.register_script(_EXPIRE)
+        self._get = self.redis.register_script(scripts.GET)
+        self._touch = self.redis.register_script(scripts.TOUCH)
+        self._refund = self.redis.register_script(scripts.REFUND)
+        self._claim = self.redis.register_script(scripts.CLAIM)
+        self._rebind = self.redis.register_script(scripts.REBIND)
+        self._record_script = self.redis.register_script(scripts.RECORD)
+        self._release = self.redis.register_script(scripts.RELEASE)
+        self._delete = self.redis.register_script(scripts.DELETE)
+        self._list = self.redis.register_script(scripts.LIST)
+        self._expire = self.redis.register_script(scripts.EXPIRE)
         self._pending: asyncio.Task[None] | None = None
         # (script, key, extra arguments, now or None: this host's clock)
         self._queued: list[tuple[Any, SessionKey, list[str], float | None]] = []
