@@ -16,12 +16,13 @@ code) → count, `usage_totals` package → bytes and requests. No foreign keys:
 and outlives whatever it counted. `record_usage` sends one multi-row UPSERT per table (rows
 unique by key within a flush, so PostgreSQL never sees one row twice in a statement) and
 reads the new totals back with RETURNING (SQLite >= 3.35).
+The usage half of the store is `SqlUsage` (store/sql_usage.py); rows become model values in
+store/sql_values.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,21 +30,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from exitgate.model import (
-    AuthMode,
-    IPNetwork,
-    Limits,
-    Network,
     Node,
-    NodeAttrs,
     NodeKind,
     NodeState,
     Org,
     Package,
-    PackageStatus,
-    Protocol,
 )
 from exitgate.store.base import (
     UNSET,
@@ -54,31 +48,24 @@ from exitgate.store.base import (
     NotFound,
     OrgUpdate,
     PackageUpdate,
-    UsageBucket,
-    UsageDelta,
-    UsageRecorded,
-    UsageTotals,
 )
 from exitgate.store.keys import new_id
 from exitgate.store.migrate import upgrade
 from exitgate.store.sql_schema import (
-    ROWS_PER_STATEMENT,
+    chunks,
     engine_for,
     geo_table,
     nodes,
     orgs,
     packages,
-    usage_errors,
-    usage_hours,
-    usage_totals,
 )
-from exitgate.store.sql_values import autoban_from, autoban_to
+from exitgate.store.sql_usage import SqlUsage
+from exitgate.store.sql_values import autoban_to, nets_to, node_from, org_from, package_from
 
-_COUNTS = ("bytes_up", "bytes_down", "requests")
 _AGENT_FIELDS = ("ip", "country", "region", "city", "isp", "asn", "network")
 
 
-class SqlStore:
+class SqlStore(SqlUsage):
     """The SQLAlchemy Core `AccountStore`."""
 
     def __init__(self, url: str) -> None:
@@ -130,7 +117,7 @@ class SqlStore:
     def list_orgs(self) -> list[Org]:
         with self._tx() as conn:
             rows = conn.execute(orgs.select().order_by(orgs.c.created_at, orgs.c.id))
-            return [_org_from(r) for r in rows.mappings()]
+            return [org_from(r) for r in rows.mappings()]
 
     # packages
 
@@ -148,7 +135,7 @@ class SqlStore:
                     rps_limit=new.limits.rps,
                     concurrency_limit=new.limits.concurrency,
                     traffic_limit_bytes=new.limits.traffic_bytes,
-                    ip_allowlist=_nets_to(new.ip_allowlist),
+                    ip_allowlist=nets_to(new.ip_allowlist),
                     protocols=sorted(p.value for p in new.protocols),
                     networks=sorted(n.value for n in new.networks),
                     rules=None if new.rules is None else sorted(new.rules),
@@ -176,7 +163,7 @@ class SqlStore:
         if update.traffic_limit_bytes is not UNSET:
             values["traffic_limit_bytes"] = update.traffic_limit_bytes
         if update.ip_allowlist is not UNSET:
-            values["ip_allowlist"] = _nets_to(update.ip_allowlist)
+            values["ip_allowlist"] = nets_to(update.ip_allowlist)
         if update.protocols is not UNSET:
             values["protocols"] = sorted(p.value for p in update.protocols)
         if update.networks is not UNSET:
@@ -201,7 +188,7 @@ class SqlStore:
         if org_id is not None:
             query = query.where(packages.c.org_id == org_id)
         with self._tx() as conn:
-            return [_package_from(r) for r in conn.execute(query).mappings()]
+            return [package_from(r) for r in conn.execute(query).mappings()]
 
     # nodes
 
@@ -296,7 +283,7 @@ class SqlStore:
                     where=nodes.c.kind == NodeKind.AGENT.value,
                 ), rows)  # fmt: skip
             ids = [r["id"] for r in rows]
-            for chunk in _chunks([{"id": i} for i in offline]):
+            for chunk in chunks([{"id": i} for i in offline]):
                 conn.execute(
                     nodes.update()
                     .where(nodes.c.id.in_([r["id"] for r in chunk]))
@@ -306,18 +293,18 @@ class SqlStore:
                 )
             if names:
                 geo = [{"kind": k, "name": v} for k, v in sorted(names)]
-                for chunk in _chunks(geo):
+                for chunk in chunks(geo):
                     conn.execute(upsert(geo_table).values(chunk).on_conflict_do_nothing())
             found: list[Node] = []
-            for chunk in _chunks([{"id": i} for i in [*ids, *offline]]):
+            for chunk in chunks([{"id": i} for i in [*ids, *offline]]):
                 query = nodes.select().where(nodes.c.id.in_([r["id"] for r in chunk]))
-                found.extend(_node_from(r) for r in conn.execute(query).mappings())
+                found.extend(node_from(r) for r in conn.execute(query).mappings())
             return found
 
     def list_nodes(self) -> list[Node]:
         query = nodes.select().order_by(nodes.c.created_at, nodes.c.id)
         with self._tx() as conn:
-            return [_node_from(r) for r in conn.execute(query).mappings()]
+            return [node_from(r) for r in conn.execute(query).mappings()]
 
     def geo_names(self) -> GeoNames:
         found: dict[str, set[str]] = {"region": set(), "city": set(), "isp": set()}
@@ -329,126 +316,6 @@ class SqlStore:
             cities=frozenset(found["city"]),
             isps=frozenset(found["isp"]),
         )
-
-    # usage
-
-    def record_usage(
-        self, deltas: Sequence[UsageDelta], debits: Mapping[str, float]
-    ) -> UsageRecorded:
-        hours: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
-        totals: dict[str, dict[str, Any]] = {}
-        for d in deltas:
-            if d.empty:
-                continue
-            counts = {"bytes_up": d.bytes_up, "bytes_down": d.bytes_down, "requests": d.requests}
-            hours.append({"package_id": d.package_id, "hour": d.hour, **counts})
-            errors.extend(
-                {"package_id": d.package_id, "hour": d.hour, "code": code, "count": n}
-                for code, n in sorted(d.errors.items())
-                if n
-            )
-            row = totals.setdefault(
-                d.package_id,
-                {"package_id": d.package_id, "bytes_up": 0, "bytes_down": 0, "requests": 0},
-            )
-            for name, n in counts.items():
-                row[name] += n
-        charged = {org_id: amount for org_id, amount in debits.items() if amount}
-        found: dict[str, UsageTotals] = {}
-        with self._tx() as conn:
-            self._add_rows(conn, usage_hours, ("package_id", "hour"), _COUNTS, hours)
-            self._add_rows(conn, usage_errors, ("package_id", "hour", "code"), ("count",), errors)
-            for chunk in _chunks(list(totals.values())):
-                stmt = self._upsert(usage_totals, ("package_id",), _COUNTS, chunk).returning(
-                    usage_totals.c.package_id, *(usage_totals.c[c] for c in _COUNTS)
-                )
-                for r in conn.execute(stmt).mappings():
-                    found[r["package_id"]] = _totals_from(r)
-            orgs_found: list[Org] = []
-            for org_id in sorted(charged):  # a fixed order: concurrent flushes never deadlock
-                conn.execute(
-                    orgs.update()
-                    .where(orgs.c.id == org_id)
-                    .values(credits=orgs.c.credits - charged[org_id])
-                )
-                org_row = conn.execute(orgs.select().where(orgs.c.id == org_id)).mappings()
-                first = org_row.first()
-                if first is not None:
-                    orgs_found.append(_org_from(first))
-        return UsageRecorded(totals=found, orgs=orgs_found)
-
-    def usage_totals(self, package_ids: Sequence[str] | None = None) -> dict[str, UsageTotals]:
-        query = usage_totals.select()
-        if package_ids is not None:
-            if not package_ids:
-                return {}
-            query = query.where(usage_totals.c.package_id.in_(list(package_ids)))
-        with self._tx() as conn:
-            return {r["package_id"]: _totals_from(r) for r in conn.execute(query).mappings()}
-
-    def usage_buckets(
-        self,
-        package_id: str,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 1000,
-    ) -> list[UsageBucket]:
-        where = [usage_hours.c.package_id == package_id]
-        if since is not None:
-            where.append(usage_hours.c.hour >= since)
-        if until is not None:
-            where.append(usage_hours.c.hour < until)
-        query = usage_hours.select().where(*where).order_by(usage_hours.c.hour.desc()).limit(limit)
-        with self._tx() as conn:
-            rows = list(conn.execute(query).mappings())
-            if not rows:
-                return []
-            # Error counts of exactly the hours returned: bounded by the newest and oldest.
-            err_query = usage_errors.select().where(
-                usage_errors.c.package_id == package_id,
-                usage_errors.c.hour >= rows[-1]["hour"],
-                usage_errors.c.hour <= rows[0]["hour"],
-            )
-            codes: dict[int, dict[str, int]] = {}
-            for e in conn.execute(err_query).mappings():
-                codes.setdefault(int(e["hour"]), {})[e["code"]] = int(e["count"])
-        return [
-            UsageBucket(
-                hour=int(r["hour"]),
-                bytes_up=int(r["bytes_up"]),
-                bytes_down=int(r["bytes_down"]),
-                requests=int(r["requests"]),
-                errors=dict(sorted(codes.get(int(r["hour"]), {}).items())),
-            )
-            for r in rows
-        ]
-
-    def _upsert(
-        self,
-        table: sa.Table,
-        keys: Sequence[str],
-        counts: Sequence[str],
-        rows: list[dict[str, Any]],
-    ) -> Any:
-        """INSERT rows; on a key conflict add each count to the stored one (atomic)."""
-        insert = sqlite.insert if self._is_sqlite else postgresql.insert
-        stmt = insert(table).values(rows)
-        return stmt.on_conflict_do_update(
-            index_elements=[table.c[k] for k in keys],
-            set_={c: table.c[c] + stmt.excluded[c] for c in counts},
-        )
-
-    def _add_rows(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        keys: Sequence[str],
-        counts: Sequence[str],
-        rows: list[dict[str, Any]],
-    ) -> None:
-        for chunk in _chunks(rows):
-            conn.execute(self._upsert(table, keys, counts, chunk))
 
     # helpers
 
@@ -475,80 +342,17 @@ class SqlStore:
         row = conn.execute(orgs.select().where(orgs.c.id == org_id)).mappings().first()
         if row is None:
             raise NotFound("org", org_id)
-        return _org_from(row)
+        return org_from(row)
 
     def _package(self, conn: Connection, package_id: str) -> Package:
         query = packages.select().where(packages.c.id == package_id)
         row = conn.execute(query).mappings().first()
         if row is None:
             raise NotFound("package", package_id)
-        return _package_from(row)
+        return package_from(row)
 
     def _node(self, conn: Connection, node_id: str) -> Node:
         row = conn.execute(nodes.select().where(nodes.c.id == node_id)).mappings().first()
         if row is None:
             raise NotFound("node", node_id)
-        return _node_from(row)
-
-
-def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        yield rows[start : start + ROWS_PER_STATEMENT]
-
-
-def _totals_from(row: RowMapping) -> UsageTotals:
-    return UsageTotals(
-        bytes_up=int(row["bytes_up"]),
-        bytes_down=int(row["bytes_down"]),
-        requests=int(row["requests"]),
-    )
-
-
-def _nets_to(nets: tuple[IPNetwork, ...]) -> list[str]:
-    return [str(n) for n in nets]
-
-
-def _org_from(row: RowMapping) -> Org:
-    credits = row["credits"]
-    return Org(id=row["id"], name=row["name"], credits=None if credits is None else float(credits))
-
-
-def _package_from(row: RowMapping) -> Package:
-    rules = row["rules"]
-    return Package(
-        id=row["id"],
-        org_id=row["org_id"],
-        name=row["name"],
-        key_hash=row["key_hash"],
-        status=PackageStatus(row["status"]),
-        limits=Limits(
-            rps=row["rps_limit"],
-            concurrency=row["concurrency_limit"],
-            traffic_bytes=row["traffic_limit_bytes"],
-        ),
-        ip_allowlist=tuple(ipaddress.ip_network(n) for n in row["ip_allowlist"]),
-        protocols=frozenset(Protocol(p) for p in row["protocols"]),
-        networks=frozenset(Network(n) for n in row["networks"]),
-        rules=None if rules is None else frozenset(rules),
-        auth_mode=AuthMode(row["auth_mode"] or AuthMode.KEY_OR_IP),
-        autoban=autoban_from(row["autoban"]),
-    )
-
-
-def _node_from(row: RowMapping) -> Node:
-    return Node(
-        id=row["id"],
-        kind=NodeKind(row["kind"]),
-        state=NodeState(row["state"]),
-        url=row["url"],
-        bind_address=row["bind_address"],
-        ip=row["ip"],
-        attrs=NodeAttrs(
-            country=row["country"],
-            region=row["region"],
-            city=row["city"],
-            isp=row["isp"],
-            asn=int(row["asn"]),
-            network=Network(row["network"]),
-        ),
-    )
+        return node_from(row)
