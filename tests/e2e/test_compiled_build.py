@@ -55,10 +55,21 @@ def compiled_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tree
 
 
-def _env(tree: Path) -> dict[str, str]:
+def _run_on(
+    tree: Path, argv: list[str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`argv` (a Python program) with the compiled package first on its path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXITGATE_")}
     env["PYTHONPATH"] = str(tree)
-    return env
+    return subprocess.run(
+        [sys.executable, *argv],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_the_listed_modules_are_compiled_and_the_whole_package_imports(
@@ -80,30 +91,15 @@ for info in pkgutil.walk_packages(exitgate.__path__, "exitgate."):
         importlib.import_module(info.name)  # an interpreted subclass of a compiled class fails here
 print("ok")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=_env(compiled_tree),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run_on(compiled_tree, ["-c", probe], tmp_path, 120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-4000:]
 
 
 def test_the_connection_path_suites_pass_on_the_compiled_build(
     compiled_tree: Path, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-         "--basetemp", str(tmp_path / "inner"), *SUITES],
-        env=_env(compiled_tree),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=800,
-        check=False,
-    )  # fmt: skip
+    inner = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+             "--basetemp", str(tmp_path / "inner"), *SUITES]  # fmt: skip
+    done = _run_on(compiled_tree, inner, ROOT, 800)
     assert done.returncode == 0, done.stdout[-6000:]
     assert " passed" in done.stdout and " failed" not in done.stdout
