@@ -27,7 +27,12 @@ SETUPTOOLS = "setuptools>=70"
 
 
 def wanted() -> bool:
-    return os.environ.get("EXITGATE_COMPILE", "").strip().lower() in {"1", "true", "yes", "on"}
+    value = os.environ.get("EXITGATE_COMPILE", "").strip().lower()
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    raise ValueError(f"EXITGATE_COMPILE={value!r}: expected 1 or 0 (true/false, yes/no, on/off)")
 
 
 class CompileHook(BuildHookInterface):  # type: ignore[type-arg]
