@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -96,5 +95,5 @@ def _compile(src: Path, modules: list[str], work: Path) -> list[str]:
         if "build" not in p.relative_to(work).parts
     )
     if not built:
-        sys.exit("mypyc produced no extension modules")
+        raise RuntimeError("mypyc produced no extension modules")
     return built
