@@ -5,7 +5,8 @@
 
 "base" is the source tree at git revision `--base` (extracted with `git archive` into a
 temporary directory and put first on PYTHONPATH); "new" is the working tree. Both run from
-the project's venv with the same config and provisioning, against the same origin, round by
+the project's venv with the same config and provisioning (`--base-src DIR` and `--new-src
+DIR` run prepared trees instead, such as two compiled builds), against the same origin, round by
 round in alternating order (A B, B A, ...), so a busy machine slows both alike. The figure
 that matters is gateway CPU per unit (µs per tunnel or per forwarded request: user+system
 of the gateway process over the whole run, divided by the units done in it); it moves far
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", type=int, default=64)
     p.add_argument("--sessions", type=int, default=0, help="username sessions (loadgen)")
     p.add_argument(
+        "--base-src",
+        default="",
+        help="run 'base' from this source folder instead of --base (a compiled build)",
+    )
+    p.add_argument(
         "--new-src",
         default="",
         help="run 'new' from this source folder instead of the working tree (a compiled build)",
@@ -61,15 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     install.loadgen()
     work = Path(tempfile.mkdtemp(prefix="exitgate-ab-"))
-    base_src = work / "base"
-    base_src.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(install.ROOT), "archive", args.base, "src"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
-    env = dict(os.environ, PYTHONPATH=str(base_src / "src"))
+    if args.base_src:
+        env = dict(os.environ, PYTHONPATH=args.base_src)
+    else:
+        base_src = work / "base"
+        base_src.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(install.ROOT), "archive", args.base, "src"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
+        env = dict(os.environ, PYTHONPATH=str(base_src / "src"))
     stop: list[Proc | Instance] = []
     try:
         origin = Proc(

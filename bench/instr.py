@@ -15,7 +15,8 @@ miss or a system call costs more than an instruction, and kernel work is not cou
 own user-space work.
 
 Targets: `exitgate` (the working tree), `base` (the tree at `--base REV`, via PYTHONPATH),
-`src:DIR` (the source tree in DIR, via PYTHONPATH: a compiled build), `floor`
+`src:DIR` (the source tree in DIR, via PYTHONPATH: a compiled build; named `srcN` by its
+place in the list, so a before and an after can run together), `floor`
 (bench/floorproxy.py). Needs valgrind and bench/build/loadgen.
 """
 
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         origin.start()
         stop.append(origin)
         target = f"127.0.0.1:{_origin_port(origin)}"
-        for spec in args.targets.split(","):
-            name = "src" if spec.startswith("src:") else spec
+        for i, spec in enumerate(args.targets.split(",")):
+            # several prepared trees (before/after compiled builds) get names of their own
+            name = f"src{i}" if spec.startswith("src:") else spec
             if name == "floor":
                 port = free_port()
                 script = install.BENCH / "floorproxy.py"
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers[name] = (port, USER, PASS, proc.pid)
                 continue
             env = None
-            if name == "src":  # a prepared source tree (a compiled build)
+            if name.startswith("src"):  # a prepared source tree (a compiled build)
                 env = dict(os.environ, PYTHONPATH=spec.removeprefix("src:"))
             elif name == "base":
                 src = work / "base"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final
 from typing import Protocol as TypingProtocol
 
 from exitgate.errors import Code, GatewayError
@@ -83,21 +84,51 @@ class _NoLease:
 NO_LEASE: Lease = _NoLease()
 
 
-@dataclass(frozen=True, slots=True)
 class Identity:
-    package: Package
-    username: str  # the rules as sent, or ANY_RULES for a credential-less allowlisted client
+    """Who asks: the package a credential names, and the username's rules as sent."""
+
+    # Written out, not a frozen dataclass: these values are made per request, and a
+    # dataclass's generated __init__ stays interpreted in the compiled build
+    # (docs/decisions.md, "Value classes on the hot path").
+    __slots__ = ("package", "username")
+    package: Final[Package]
+    username: Final[str]  # the rules as sent, or ANY_RULES for a credential-less allowlisted client
+
+    def __init__(self, package: Package, username: str) -> None:
+        self.package = package
+        self.username = username
 
 
-@dataclass(frozen=True, slots=True)
 class Admitted:
-    package: Package
-    rules: Rules
-    target: Target
-    protocol: Protocol
-    filters: Filters
-    lease: Lease = NO_LEASE  # the caller releases it when the request or connection ends
-    timings: SessionTimings = NO_TIMINGS  # a legacy username's session timings
+    """A request past gates 1-5: what the router needs, and the limit lease it holds."""
+
+    __slots__ = ("filters", "lease", "package", "protocol", "rules", "target", "timings")
+    package: Final[Package]
+    rules: Final[Rules]
+    target: Final[Target]
+    protocol: Final[Protocol]
+    filters: Final[Filters]
+    lease: Final[Lease]  # the caller releases it when the request or connection ends
+    timings: Final[SessionTimings]  # a legacy username's session timings
+
+    def __init__(
+        self,
+        package: Package,
+        rules: Rules,
+        target: Target,
+        protocol: Protocol,
+        filters: Filters,
+        *,
+        lease: Lease = NO_LEASE,
+        timings: SessionTimings = NO_TIMINGS,
+    ) -> None:
+        self.package = package
+        self.rules = rules
+        self.target = target
+        self.protocol = protocol
+        self.filters = filters
+        self.lease = lease
+        self.timings = timings
 
 
 class LimitGate(TypingProtocol):
@@ -203,9 +234,7 @@ class Admission:
             raise err
         return identity
 
-    def _identify_package(
-        self, credentials: tuple[str, str] | None, client_ip: str
-    ) -> Identity:
+    def _identify_package(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
         if credentials is None:
             # A `key` package answers 407 here even to its allowlisted addresses: clients
             # that send credentials only when asked (browsers, urllib) then send them.
@@ -265,7 +294,7 @@ class Admission:
         except BaseException:
             lease.release()
             raise
-        return Admitted(package, rules, target, protocol, filters, lease, timings)
+        return Admitted(package, rules, target, protocol, filters, lease=lease, timings=timings)
 
     def _rules(self, username: str, package: Package) -> _Parsed:
         """Gate 4, memoised: parsing is a pure function of the username, the package's

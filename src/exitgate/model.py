@@ -10,6 +10,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Final
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -78,12 +79,31 @@ def parse_ip(host: str) -> IPAddress | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
 class Target:
-    """Where the client wants to go. `host` is a domain name or an IP literal (no brackets)."""
+    """Where the client wants to go. `host` is a domain name or an IP literal (no brackets).
 
-    host: str
-    port: int
+    A value (compared and hashed by host and port, immutable to the type checker), written
+    out instead of a frozen dataclass: one is made per request, and a dataclass's generated
+    `__init__` stays interpreted in the compiled build (see docs/decisions.md)."""
+
+    __slots__ = ("host", "port")
+    host: Final[str]
+    port: Final[int]
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Target):
+            return NotImplemented
+        return self.host == other.host and self.port == other.port
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port))
+
+    def __repr__(self) -> str:
+        return f"Target(host={self.host!r}, port={self.port!r})"
 
     @property
     def kind(self) -> HostKind:

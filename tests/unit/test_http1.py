@@ -724,3 +724,38 @@ def test_chunk_lines_are_bounded() -> None:
     exact = BodyFramer(BodyKind.CHUNKED, max_line=5)
     assert exact.feed(b"0;e\r\n\r\n") == 7  # a line of exactly max_line bytes is fine
     assert exact.done
+
+
+# -- the head and target values (written-out classes, see docs/decisions.md) -----------------
+
+
+def test_heads_and_targets_are_values() -> None:
+    a = Target("example.com", 443)
+    assert a == Target("example.com", 443)
+    assert a != Target("example.com", 80)
+    assert {a, Target("example.com", 443)} == {a}
+    assert repr(a) == "Target(host='example.com', port=443)"
+    head = RequestHead("GET", "/", "HTTP/1.1", ((b"Host", b"x"),))
+    same = RequestHead("GET", "/", "HTTP/1.1", ((b"Host", b"x"),))
+    assert head == same and hash(head) == hash(same)
+    assert head != RequestHead("GET", "/", "HTTP/1.0", ((b"Host", b"x"),))
+    assert head.get("HOST") == b"x" and head.get(b"missing") is None
+    assert "method='GET'" in repr(head)
+
+
+def test_framing_is_worked_out_once_per_head() -> None:
+    parsed = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert parsed is not None
+    head = parsed[0]
+    known = head.framing
+    assert known is not None and known.length == 2  # checked (and kept) by the parser
+    assert response_body(head, "GET") == (BodyKind.LENGTH, 2)
+    assert head.framing is known  # read again, not worked out again
+    # the kept framing is not part of the value: an equal head made by hand compares equal
+    assert head == ResponseHead("HTTP/1.1", 200, "OK", ((b"Content-Length", b"2"),))
+
+
+def test_an_empty_buffer_is_an_incomplete_head() -> None:
+    assert parse_request_head(b"") is None
+    assert parse_request_head(bytearray()) is None
+    assert parse_response_head(b"") is None

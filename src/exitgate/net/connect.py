@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Final
 
 from exitgate.admission import Admitted
 from exitgate.errors import GatewayError
@@ -37,17 +37,41 @@ from exitgate.routing.sessions import SessionOutcome
 Reuse = Callable[[Node], Conn | None]
 
 
-@dataclass(frozen=True, slots=True)
 class Route:
-    conn: Conn
-    node: Node
-    session: SessionOutcome | None = None  # None: the request has no session
-    lease: Lease | None = None  # the node's in-flight slot, for `Connector.done`
+    """A request's way out: the exit connection, its node, and what the router holds for it.
+
+    Written out, not a frozen dataclass: one is made per request, and a dataclass's generated
+    __init__ stays interpreted in the compiled build (docs/decisions.md)."""
+
+    __slots__ = ("conn", "connect_started", "connected", "exit", "lease", "node", "session")
+    conn: Final[Conn]
+    node: Final[Node]
+    session: Final[SessionOutcome | None]  # None: the request has no session
+    lease: Final[Lease | None]  # the node's in-flight slot, for `Connector.done`
     # time.monotonic() when routing began and when the exit connection was ready (0.0: a kept
     # connection, no routing); the exit IP the target sees, when known. For the access log.
-    connect_started: float = 0.0
-    connected: float = 0.0
-    exit: str | None = None
+    connect_started: Final[float]
+    connected: Final[float]
+    exit: Final[str | None]
+
+    def __init__(
+        self,
+        conn: Conn,
+        node: Node,
+        *,
+        session: SessionOutcome | None = None,
+        lease: Lease | None = None,
+        connect_started: float = 0.0,
+        connected: float = 0.0,
+        exit: str | None = None,  # the exit address, as the access log names it
+    ) -> None:
+        self.conn = conn
+        self.node = node
+        self.session = session
+        self.lease = lease
+        self.connect_started = connect_started
+        self.connected = connected
+        self.exit = exit
 
 
 class Connector:
@@ -104,7 +128,13 @@ class Connector:
                     self.figures.connected(step.node.id, took)
                 ok = await attempt.succeeded()
                 return Route(
-                    conn, ok.node, ok.session, ok.lease, began, time.monotonic(), ok.node.ip or None
+                    conn,
+                    ok.node,
+                    session=ok.session,
+                    lease=ok.lease,
+                    connect_started=began,
+                    connected=time.monotonic(),
+                    exit=ok.node.ip or None,
                 )
         finally:
             attempt.close()

@@ -320,16 +320,20 @@ class HttpSession:
             return False
         return request_keep_alive(head)
 
-    async def _upstream_for(self, admitted: Admitted) -> Route:
+    def _kept_for(self, target: Target) -> _Kept | None:
+        """The kept target connection, when it is still open and goes to `target`."""
+        # Plain statements, not one conditional expression: mypyc 2.4 compiled that one,
+        # inside the coroutine below, to a reference-count release of a value never loaded
+        # (a crash, flagged by gcc's maybe-uninitialized) once `Target.__eq__` was native.
         kept = self.kept
-        usable = (
-            kept
-            if kept is not None
-            and not kept.conn.closed
-            and not kept.conn.eof
-            and kept.target == admitted.target
-            else None
-        )
+        if kept is None or kept.conn.closed or kept.conn.eof:
+            return None
+        if kept.target != target:
+            return None
+        return kept
+
+    async def _upstream_for(self, admitted: Admitted) -> Route:
+        usable = self._kept_for(admitted.target)
         if usable is None:
             self._drop_kept()
         elif (

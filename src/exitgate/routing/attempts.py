@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from exitgate.errors import Code, GatewayError
 from exitgate.routing.select import Filters
@@ -69,6 +70,8 @@ class Policy(enum.Enum):
 
 
 _POLICY = {mode: Policy(mode.value) for mode in OnErrorMode}
+# Every sessionless request starts here: one shared value rather than one made per request.
+_FIRST_NEW: Final = TryNew(frozenset(), None)
 
 
 class Attempts:
@@ -101,7 +104,7 @@ class Attempts:
         self._here = 0  # consecutive failures on _node
         self._replacements = 0  # TryNew actions issued after a failure
         self._last = ""  # the last failure detail
-        self._action: Action = TrySame(start) if start is not None else TryNew(frozenset(), None)
+        self._action: Action = TrySame(start) if start is not None else _FIRST_NEW
 
     def next(self) -> Action:
         return self._action

@@ -38,6 +38,7 @@ import hashlib
 import random
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from typing import Final
 
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Node, NodeState
@@ -58,11 +59,18 @@ class Dial:
     node: Node
 
 
-@dataclass(frozen=True, slots=True)
 class Success:
-    node: Node
-    lease: Lease  # hold while the tunnel or request lasts: `health.release(lease)` after
-    session: SessionOutcome | None  # None: the request has no session
+    """The attempt's node worked. Written out, not a frozen dataclass: one per request."""
+
+    __slots__ = ("lease", "node", "session")
+    node: Final[Node]
+    lease: Final[Lease]  # hold while the tunnel or request lasts: `health.release(lease)` after
+    session: Final[SessionOutcome | None]  # None: the request has no session
+
+    def __init__(self, node: Node, lease: Lease, session: SessionOutcome | None) -> None:
+        self.node = node
+        self.lease = lease
+        self.session = session
 
 
 class Router:
@@ -227,9 +235,7 @@ class Attempt:
             return  # the only node: keep it, the rotation stays due
         self._hold(candidate)
         epoch, self._epoch = self._epoch, None
-        node_id = self._at = await self._router.sessions.move(
-            plan, current, candidate.id, epoch
-        )
+        node_id = self._at = await self._router.sessions.move(plan, current, candidate.id, epoch)
         if node_id == candidate.id:
             self._owned = node_id
         self._rotated = node_id != current

@@ -71,12 +71,18 @@ class HealthPolicy:
         return min(self.max_cooldown, self.base_cooldown * 2.0 ** min(level, _MAX_LEVEL))
 
 
-@dataclass(frozen=True, slots=True)
 class Lease:
-    """One in-flight use of a node; give it back with `NodeHealth.release` exactly once."""
+    """One in-flight use of a node; give it back with `NodeHealth.release` exactly once.
 
-    node_id: str
-    probe: int = 0  # the probe generation this lease holds; 0: not a probe
+    Written out, not a frozen dataclass: one per request (docs/decisions.md)."""
+
+    __slots__ = ("node_id", "probe")
+    node_id: Final[str]
+    probe: Final[int]  # the probe generation this lease holds; 0: not a probe
+
+    def __init__(self, node_id: str, probe: int = 0) -> None:
+        self.node_id = node_id
+        self.probe = probe
 
 
 class _Node:

@@ -23,7 +23,6 @@ same input always gives the same `Framing` or the same error.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Final
 
 from exitgate.wire.http_error import HttpError
@@ -41,11 +40,30 @@ class Via(enum.Enum):
     CODED = "coded"  # Transfer-Encoding not ending in chunked (responses only: until close)
 
 
-@dataclass(frozen=True, slots=True)
 class Framing:
-    via: Via
-    length: int = 0  # with LENGTH
-    field: bytes = b""  # the canonical field line to forward, CRLF included; b"" for NONE
+    """A value, written out rather than a frozen dataclass: one is made per message with a
+    body, and a dataclass's generated __init__ stays interpreted in the compiled build."""
+
+    __slots__ = ("field", "length", "via")
+    via: Final[Via]
+    length: Final[int]  # with LENGTH
+    field: Final[bytes]  # the canonical field line to forward, CRLF included; b"" for NONE
+
+    def __init__(self, via: Via, length: int = 0, field: bytes = b"") -> None:
+        self.via = via
+        self.length = length
+        self.field = field
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Framing):
+            return NotImplemented
+        return (self.via, self.length, self.field) == (other.via, other.length, other.field)
+
+    def __hash__(self) -> int:
+        return hash((self.via, self.length, self.field))
+
+    def __repr__(self) -> str:
+        return f"Framing(via={self.via!r}, length={self.length!r}, field={self.field!r})"
 
 
 NO_FRAMING: Final = Framing(Via.NONE)

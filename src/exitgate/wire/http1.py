@@ -37,13 +37,13 @@ from __future__ import annotations
 import binascii
 import enum
 import re
-from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from exitgate.model import Target
 from exitgate.wire.body import BodyFramer, BodyKind
 from exitgate.wire.framing import FRAMING_FIELDS, NO_FRAMING, Framing, Via, message_framing
 from exitgate.wire.host import normalize_host
+from exitgate.wire.http1_heads import Fields, Headers, RequestHead, ResponseHead, field_values
 from exitgate.wire.http_error import HttpError
 
 __all__ = [
@@ -82,68 +82,6 @@ _FIELD: Final = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*+([^\x00\r\n]*+)\r\n", r
 _VERSIONS: Final = {(b"1", b"1"): "HTTP/1.1", (b"1", b"0"): "HTTP/1.0"}
 _MAX_EMPTY_LINES: Final = 16
 
-Headers = tuple[tuple[bytes, bytes], ...]
-
-
-def _lower_names(headers: Headers) -> tuple[bytes, ...]:
-    return tuple([name.lower() for name, _ in headers])
-
-
-def _values(head: _Fields, key: bytes) -> list[bytes]:
-    """All values of the field whose lowercase name is `key` (fast for 0 or 1 occurrence)."""
-    names = head._names
-    n = names.count(key)
-    if n == 0:
-        return []
-    if n == 1:
-        return [head.headers[names.index(key)][1]]
-    return [h[1] for name, h in zip(names, head.headers, strict=True) if name == key]
-
-
-class _Fields:
-    """Case-insensitive field access shared by both heads (lookups run in C on `_names`)."""
-
-    __slots__ = ()
-    headers: Headers
-    _names: tuple[bytes, ...]  # lowercased names, parallel to headers
-
-    def get(self, name: bytes | str) -> bytes | None:
-        """The first value of a field, by case-insensitive name."""
-        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
-        try:
-            return self.headers[self._names.index(key)][1]
-        except ValueError:
-            return None
-
-    def get_all(self, name: bytes | str) -> list[bytes]:
-        """Every value of a field, in order, by case-insensitive name."""
-        return _values(self, (name.encode("latin-1") if isinstance(name, str) else name).lower())
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead(_Fields):
-    method: str
-    target: str
-    version: str  # "HTTP/1.1" or "HTTP/1.0"
-    headers: Headers  # names as sent, values without surrounding whitespace
-    _names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_names", _lower_names(self.headers))
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHead(_Fields):
-    version: str
-    status: int
-    reason: str
-    headers: Headers
-    _names: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_names", _lower_names(self.headers))
-
-
 # ---------------------------------------------------------------------------- head parsing
 
 
@@ -153,6 +91,8 @@ def _find_head(
     """(head from the start line to the CRLF of its last line, bytes consumed) or None.
 
     `status` is what a malformed head is answered with (400 request, 502 response)."""
+    if not buf:  # the usual first call on a kept-alive connection: nothing read yet
+        return None
     start = 0
     while buf.startswith(b"\r\n", start):
         start += 2
@@ -255,17 +195,23 @@ def parse_response_head(
 # ---------------------------------------------------------------------------- framing
 
 
-def _framing(head: _Fields, version: str, *, request: bool) -> Framing:
+def _framing(head: Fields, version: str, *, request: bool) -> Framing:
     """The head's checked framing (see `wire.framing`); cheap when neither field is there."""
-    names = head._names
+    known = head.framing
+    if known is not None:
+        return known
+    names = head.names
     if b"content-length" not in names and b"transfer-encoding" not in names:
-        return NO_FRAMING
-    return message_framing(
-        _values(head, b"content-length"),
-        _values(head, b"transfer-encoding"),
-        version,
-        request=request,
-    )
+        framing = NO_FRAMING
+    else:
+        framing = message_framing(
+            field_values(head, b"content-length"),
+            field_values(head, b"transfer-encoding"),
+            version,
+            request=request,
+        )
+    head.framing = framing
+    return framing
 
 
 def request_framing(head: RequestHead) -> Framing:
@@ -277,14 +223,14 @@ def response_framing(head: ResponseHead) -> Framing:
 
 
 def _check_request_framing(req: RequestHead) -> None:
-    if req._names.count(b"host") > 1:
+    if req.names.count(b"host") > 1:
         raise HttpError(400, "several Host fields")
     request_framing(req)
 
 
 def request_body(head: RequestHead) -> tuple[BodyKind, int]:
     """How the request body is framed: (NONE, 0), (LENGTH, n > 0) or (CHUNKED, 0)."""
-    names = head._names
+    names = head.names
     if b"content-length" not in names and b"transfer-encoding" not in names:
         return BodyKind.NONE, 0  # most requests: no call into the framing rules
     framing = request_framing(head)
@@ -314,9 +260,9 @@ def response_body(head: ResponseHead, request_method: str) -> tuple[BodyKind, in
 # ---------------------------------------------------------------------------- connection
 
 
-def _tokens(head: _Fields, key: bytes) -> set[bytes]:
+def _tokens(head: Fields, key: bytes) -> set[bytes]:
     """Lowercased comma-separated tokens of a field (Connection, Proxy-Connection)."""
-    values = _values(head, key)
+    values = field_values(head, key)
     if len(values) == 1 and b"," not in values[0]:
         return {values[0].strip().lower()}
     return {t.strip().lower() for raw in values for t in raw.split(b",")}
@@ -324,7 +270,7 @@ def _tokens(head: _Fields, key: bytes) -> set[bytes]:
 
 def request_keep_alive(head: RequestHead) -> bool:
     """Whether the client wants the connection kept (Connection and Proxy-Connection)."""
-    names = head._names
+    names = head.names
     if b"connection" not in names and b"proxy-connection" not in names:
         return head.version == "HTTP/1.1"
     tokens = _tokens(head, b"connection") | _tokens(head, b"proxy-connection")
@@ -336,7 +282,7 @@ def request_keep_alive(head: RequestHead) -> bool:
 def response_keep_alive(head: ResponseHead) -> bool:
     """Whether the server keeps the connection (its headers only: an UNTIL_CLOSE body, see
     `response_body`, ends the connection regardless)."""
-    if b"connection" not in head._names:
+    if b"connection" not in head.names:
         return head.version == "HTTP/1.1"
     tokens = _tokens(head, b"connection")
     if b"close" in tokens:
@@ -350,21 +296,21 @@ _NOTHING: Final[frozenset[bytes]] = frozenset()
 _DROP_FORWARDED: Final = _DROP_HOST | {b"x-exitgate-ban"}  # for the gateway, not the target
 
 
-def _kept_fields(head: _Fields, extra_drop: frozenset[bytes], framing: Framing) -> list[bytes]:
+def _kept_fields(head: Fields, extra_drop: frozenset[bytes], framing: Framing) -> list[bytes]:
     """The end-to-end fields to forward. Framing fields leave as `framing.field`, once, where
     the first of them stood, whatever form they came in (and even when Connection names them:
     the body is framed by them either way)."""
     drop = _HOP_BY_HOP | extra_drop
-    if b"connection" in head._names:
+    if b"connection" in head.names:
         drop = drop | _tokens(head, b"connection")
     out: list[bytes] = []
     if framing.via is Via.NONE:
-        for lname, (name, value) in zip(head._names, head.headers, strict=True):
+        for lname, (name, value) in zip(head.names, head.headers, strict=True):
             if lname not in drop and not lname.startswith(b"proxy-"):
                 out += (name, b": ", value, b"\r\n")
         return out
     canonical = framing.field
-    for lname, (name, value) in zip(head._names, head.headers, strict=True):
+    for lname, (name, value) in zip(head.names, head.headers, strict=True):
         if lname in FRAMING_FIELDS:
             if canonical:
                 out.append(canonical)

@@ -1,0 +1,122 @@
+"""The parsed heads of HTTP/1.1 messages: values with case-insensitive field access.
+
+A head is made once per request or response, on every connection's hot path, so the classes
+are written out rather than frozen dataclasses: in the compiled build a dataclass's generated
+`__init__` stays interpreted and sets each field through `object.__setattr__` (about 1.3 µs a
+head, against 0.07 µs written out). They are values all the same: `Final` fields (the type
+checker refuses a write), equality by content, a readable repr.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from exitgate.wire.framing import Framing
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+def lower_names(headers: Headers) -> tuple[bytes, ...]:
+    return tuple([name.lower() for name, _ in headers])
+
+
+def field_values(head: Fields, key: bytes) -> list[bytes]:
+    """All values of the field whose lowercase name is `key` (fast for 0 or 1 occurrence)."""
+    names = head.names
+    n = names.count(key)
+    if n == 0:
+        return []
+    if n == 1:
+        return [head.headers[names.index(key)][1]]
+    return [h[1] for name, h in zip(names, head.headers, strict=True) if name == key]
+
+
+class Fields:
+    """Case-insensitive field access shared by both heads (lookups run in C on `names`)."""
+
+    __slots__ = ("framing", "headers", "names")
+    headers: Final[Headers]  # names as sent, values without surrounding whitespace
+    names: Final[tuple[bytes, ...]]  # lowercased names, parallel to headers
+
+    def __init__(self, headers: Headers) -> None:
+        self.headers = headers
+        self.names = lower_names(headers)
+        # the checked framing, once known (`http1._framing`): the parser checks it, then
+        # body framing and forwarding read it again
+        self.framing: Framing | None = None
+
+    def get(self, name: bytes | str) -> bytes | None:
+        """The first value of a field, by case-insensitive name."""
+        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        names = self.names
+        # `in` first: a missing field (the common case) raises nothing
+        return self.headers[names.index(key)][1] if key in names else None
+
+    def get_all(self, name: bytes | str) -> list[bytes]:
+        """Every value of a field, in order, by case-insensitive name."""
+        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        return field_values(self, key)
+
+
+class RequestHead(Fields):
+    __slots__ = ("method", "target", "version")
+    method: Final[str]
+    target: Final[str]
+    version: Final[str]  # "HTTP/1.1" or "HTTP/1.0"
+
+    def __init__(self, method: str, target: str, version: str, headers: Headers) -> None:
+        super().__init__(headers)
+        self.method = method
+        self.target = target
+        self.version = version
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestHead):
+            return NotImplemented
+        return (self.method, self.target, self.version, self.headers) == (
+            other.method,
+            other.target,
+            other.version,
+            other.headers,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.method, self.target, self.version, self.headers))
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestHead(method={self.method!r}, target={self.target!r}, "
+            f"version={self.version!r}, headers={self.headers!r})"
+        )
+
+
+class ResponseHead(Fields):
+    __slots__ = ("reason", "status", "version")
+    version: Final[str]
+    status: Final[int]
+    reason: Final[str]
+
+    def __init__(self, version: str, status: int, reason: str, headers: Headers) -> None:
+        super().__init__(headers)
+        self.version = version
+        self.status = status
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResponseHead):
+            return NotImplemented
+        return (self.version, self.status, self.reason, self.headers) == (
+            other.version,
+            other.status,
+            other.reason,
+            other.headers,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.version, self.status, self.reason, self.headers))
+
+    def __repr__(self) -> str:
+        return (
+            f"ResponseHead(version={self.version!r}, status={self.status!r}, "
+            f"reason={self.reason!r}, headers={self.headers!r})"
+        )
