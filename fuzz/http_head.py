@@ -73,8 +73,8 @@ def _check_request(head: http1.RequestHead) -> None:
         fwd, used = again
         assert used == len(out)
         assert (fwd.method, fwd.version) == (head.method, head.version)
-        _assert_clean(fwd._names)
-        assert fwd._names.count(b"host") == 1
+        _assert_clean(fwd.names)
+        assert fwd.names.count(b"host") == 1
         assert http1.request_body(fwd) == (kind, n), (out, kind, n)
         if close:
             assert not http1.request_keep_alive(fwd)
@@ -97,8 +97,8 @@ def _check_response(head: http1.ResponseHead) -> None:
         fwd, used = again
         assert used == len(out)
         assert fwd.status == head.status and fwd.version == "HTTP/1.1"
-        _assert_clean(fwd._names)
-        assert not (b"transfer-encoding" in fwd._names and b"content-length" in fwd._names)
+        _assert_clean(fwd.names)
+        assert not (b"transfer-encoding" in fwd.names and b"content-length" in fwd.names)
         assert http1.response_body(fwd, "GET") == (kind, n), (out, kind, n)
 
 
