@@ -7,7 +7,9 @@ Each proxy runs under `valgrind --tool=callgrind` (all at once; they are loaded 
 another). After a warm-up its counters are zeroed (`callgrind_control -z`), the load
 generator runs for `--seconds`, and the counters are dumped (`callgrind_control -d`); then
 the same for as long with no load. (Instructions under load - instructions idle) / units
-the load generator completed, for the whole process (all threads). Unlike CPU time this
+the load generator completed, for the main thread (the event loop, where every unit's work
+runs; a background thread's per-second work would be charged ~30 times over, see `total`).
+Unlike CPU time this
 does not move with other load on the machine, so it gives
 a before/after or exitgate/floor ratio while the machine is busy. It is not time: a cache
 miss or a system call costs more than an instruction, and kernel work is not counted
@@ -52,13 +54,19 @@ def log(msg: str) -> None:
 def callgrind(work: Path, name: str) -> list[str]:
     return [
         "valgrind", "--tool=callgrind", "--dump-instr=no", "--compress-strings=no",
+        "--separate-threads=yes",
         f"--callgrind-out-file={work}/callgrind.{name}.%p",
     ]  # fmt: skip
 
 
 def total(dump_dir: Path, name: str, pid: int, before: set[Path]) -> int:
-    """The instruction count of the newest dump of `pid` (its 'summary:' or 'totals:' line)."""
-    dumps = sorted(set(dump_dir.glob(f"callgrind.{name}.{pid}*")) - before)
+    """The instruction count of the newest dump of `pid`'s main thread (its 'summary:' or
+    'totals:' line). Threads are dumped apart (`-01` is the main thread): the usage
+    flusher's thread does a fixed amount of work per second, and under callgrind a second
+    holds ~30 times fewer units than at full speed, so counting it would charge each unit
+    ~30 times its share (about 100k instructions per tunnel)."""
+    dumps = sorted(p for p in set(dump_dir.glob(f"callgrind.{name}.{pid}*")) - before
+                   if p.name.endswith("-01"))  # fmt: skip
     for dump in reversed(dumps):
         for line in dump.read_text(errors="replace").splitlines():
             if line.startswith(("summary:", "totals:")):
