@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -384,3 +385,15 @@ def test_reply_address_encoding_agrees_with_ipaddress(host: str, port: int) -> N
     elif encoded is not None:
         assert encoded[0] == 3  # not an IPv4 literal: sent as a domain
         assert encoded[2 : 2 + encoded[1]] == host.encode()
+
+
+# -- IPv4 addresses through the codec --------------------------------------------------------
+
+
+@given(st.binary(min_size=4, max_size=4), st.integers(0, 65535))
+def test_ipv4_addresses_round_trip(packed: bytes, port: int) -> None:
+    encoded = encode_address(socket.inet_ntoa(packed), port)
+    assert encoded == b"\x01" + packed + port.to_bytes(2, "big")
+    target, end = parse_udp_header(b"\x00\x00\x00" + encoded)
+    assert end == 3 + len(encoded)
+    assert (target.host, target.port) == (socket.inet_ntoa(packed), port)
