@@ -57,6 +57,23 @@ class Fields:
         key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
         return field_values(self, key)
 
+    # -- a value: equal, hashed and shown by its fields (the kept framing is not one) -------
+    def value(self) -> tuple[tuple[str, object], ...]:
+        """The head's fields as (name, value), in order."""
+        return (("headers", self.headers),)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self) or not isinstance(other, Fields):
+            return NotImplemented
+        return self.value() == other.value()
+
+    def __hash__(self) -> int:
+        return hash(self.value())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.value())
+        return f"{type(self).__name__}({fields})"
+
 
 class RequestHead(Fields):
     __slots__ = ("method", "target", "version")
@@ -70,23 +87,12 @@ class RequestHead(Fields):
         self.target = target
         self.version = version
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RequestHead):
-            return NotImplemented
-        return (self.method, self.target, self.version, self.headers) == (
-            other.method,
-            other.target,
-            other.version,
-            other.headers,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.method, self.target, self.version, self.headers))
-
-    def __repr__(self) -> str:
+    def value(self) -> tuple[tuple[str, object], ...]:
         return (
-            f"RequestHead(method={self.method!r}, target={self.target!r}, "
-            f"version={self.version!r}, headers={self.headers!r})"
+            ("method", self.method),
+            ("target", self.target),
+            ("version", self.version),
+            ("headers", self.headers),
         )
 
 
@@ -102,21 +108,10 @@ class ResponseHead(Fields):
         self.status = status
         self.reason = reason
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ResponseHead):
-            return NotImplemented
-        return (self.version, self.status, self.reason, self.headers) == (
-            other.version,
-            other.status,
-            other.reason,
-            other.headers,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.version, self.status, self.reason, self.headers))
-
-    def __repr__(self) -> str:
+    def value(self) -> tuple[tuple[str, object], ...]:
         return (
-            f"ResponseHead(version={self.version!r}, status={self.status!r}, "
-            f"reason={self.reason!r}, headers={self.headers!r})"
+            ("version", self.version),
+            ("status", self.status),
+            ("reason", self.reason),
+            ("headers", self.headers),
         )
