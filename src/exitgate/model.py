@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
 
+from exitgate.values import Value
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -79,7 +81,7 @@ def parse_ip(host: str) -> IPAddress | None:
         return None
 
 
-class Target:
+class Target(Value):
     """Where the client wants to go. `host` is a domain name or an IP literal (no brackets).
 
     A value (compared and hashed by host and port, immutable to the type checker), written
@@ -94,16 +96,8 @@ class Target:
         self.host = host
         self.port = port
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Target):
-            return NotImplemented
-        return self.host == other.host and self.port == other.port
-
-    def __hash__(self) -> int:
-        return hash((self.host, self.port))
-
-    def __repr__(self) -> str:
-        return f"Target(host={self.host!r}, port={self.port!r})"
+    def value(self) -> tuple[tuple[str, object], ...]:
+        return (("host", self.host), ("port", self.port))
 
     @property
     def kind(self) -> HostKind:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from exitgate.values import Value
 from exitgate.wire.http_error import HttpError
 
 FRAMING_FIELDS: Final = frozenset((b"content-length", b"transfer-encoding"))
@@ -40,7 +41,7 @@ class Via(enum.Enum):
     CODED = "coded"  # Transfer-Encoding not ending in chunked (responses only: until close)
 
 
-class Framing:
+class Framing(Value):
     """A value, written out rather than a frozen dataclass: one is made per message with a
     body, and a dataclass's generated __init__ stays interpreted in the compiled build."""
 
@@ -54,16 +55,8 @@ class Framing:
         self.length = length
         self.field = field
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Framing):
-            return NotImplemented
-        return (self.via, self.length, self.field) == (other.via, other.length, other.field)
-
-    def __hash__(self) -> int:
-        return hash((self.via, self.length, self.field))
-
-    def __repr__(self) -> str:
-        return f"Framing(via={self.via!r}, length={self.length!r}, field={self.field!r})"
+    def value(self) -> tuple[tuple[str, object], ...]:
+        return (("via", self.via), ("length", self.length), ("field", self.field))
 
 
 NO_FRAMING: Final = Framing(Via.NONE)

@@ -234,10 +234,7 @@ def _check_request_framing(req: RequestHead) -> None:
 
 def request_body(head: RequestHead) -> tuple[BodyKind, int]:
     """How the request body is framed: (NONE, 0), (LENGTH, n > 0) or (CHUNKED, 0)."""
-    names = head.names
-    if b"content-length" not in names and b"transfer-encoding" not in names:
-        return BodyKind.NONE, 0  # most requests: no call into the framing rules
-    framing = request_framing(head)
+    framing = request_framing(head)  # kept on the head since the parser checked it
     if framing.via is Via.CHUNKED:
         return BodyKind.CHUNKED, 0  # message_framing accepts only a lone `chunked` here
     if framing.via is Via.LENGTH and framing.length:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from exitgate.values import Value
 from exitgate.wire.framing import Framing
 
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -18,6 +19,11 @@ Headers = tuple[tuple[bytes, bytes], ...]
 
 def lower_names(headers: Headers) -> tuple[bytes, ...]:
     return tuple([name.lower() for name, _ in headers])
+
+
+def _key(name: bytes | str) -> bytes:
+    """A field name as `names` holds it: bytes, lowercased."""
+    return (name.encode("latin-1") if isinstance(name, str) else name).lower()
 
 
 def field_values(head: Fields, key: bytes) -> list[bytes]:
@@ -31,7 +37,7 @@ def field_values(head: Fields, key: bytes) -> list[bytes]:
     return [h[1] for name, h in zip(names, head.headers, strict=True) if name == key]
 
 
-class Fields:
+class Fields(Value):
     """Case-insensitive field access shared by both heads (lookups run in C on `names`)."""
 
     __slots__ = ("framing", "headers", "names")
@@ -47,32 +53,18 @@ class Fields:
 
     def get(self, name: bytes | str) -> bytes | None:
         """The first value of a field, by case-insensitive name."""
-        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        key = _key(name)
         names = self.names
         # `in` first: a missing field (the common case) raises nothing
         return self.headers[names.index(key)][1] if key in names else None
 
     def get_all(self, name: bytes | str) -> list[bytes]:
         """Every value of a field, in order, by case-insensitive name."""
-        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
-        return field_values(self, key)
+        return field_values(self, _key(name))
 
-    # -- a value: equal, hashed and shown by its fields (the kept framing is not one) -------
     def value(self) -> tuple[tuple[str, object], ...]:
-        """The head's fields as (name, value), in order."""
+        # the kept framing is derived, not part of the value
         return (("headers", self.headers),)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self) or not isinstance(other, Fields):
-            return NotImplemented
-        return self.value() == other.value()
-
-    def __hash__(self) -> int:
-        return hash(self.value())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={value!r}" for name, value in self.value())
-        return f"{type(self).__name__}({fields})"
 
 
 class RequestHead(Fields):
