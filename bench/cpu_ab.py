@@ -4,10 +4,10 @@
                                       [--rounds 5] [--seconds 3] [-c 64]
 
 "base" is the source tree at git revision `--base` (extracted with `git archive` into a
-temporary directory and put first on PYTHONPATH); "new" is the working tree. Both run from
-the project's venv with the same config and provisioning (`--base-src DIR` and `--new-src
-DIR` run prepared trees instead, such as two compiled builds), against the same origin, round by
-round in alternating order (A B, B A, ...), so a busy machine slows both alike. The figure
+temporary directory and put first on PYTHONPATH); "new" is the working tree. `--base-src
+DIR` and `--new-src DIR` run prepared trees instead, such as two compiled builds. Both run
+from the project's venv with the same config and provisioning, against the same origin, round
+by round in alternating order (A B, B A, ...), so a busy machine slows both alike. The figure
 that matters is gateway CPU per unit (µs per tunnel or per forwarded request: user+system
 of the gateway process over the whole run, divided by the units done in it); it moves far
 less with other load on the machine than a rate does. Rates are printed too.

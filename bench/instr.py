@@ -9,9 +9,8 @@ generator runs for `--seconds`, and the counters are dumped (`callgrind_control 
 the same for as long with no load. (Instructions under load - instructions idle) / units
 the load generator completed, for the main thread (the event loop, where every unit's work
 runs; a background thread's per-second work would be charged ~30 times over, see `total`).
-Unlike CPU time this
-does not move with other load on the machine, so it gives
-a before/after or exitgate/floor ratio while the machine is busy. It is not time: a cache
+Unlike CPU time this does not move with other load on the machine, so it gives a
+before/after or exitgate/floor ratio while the machine is busy. It is not time: a cache
 miss or a system call costs more than an instruction, and kernel work is not counted
 (callgrind sees user space only), so the ratio of instructions is a ratio of the proxies'
 own user-space work.
