@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support import compiled
 from tests.support.gateway import GatewayThread
 from tests.support.origin import EchoServer, Origin
 from tests.support.receiver import Receiver
@@ -18,6 +19,27 @@ settings.register_profile("ci", max_examples=150, deadline=None,
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile("thorough", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: the session's first process starts it
+        return
+    args, where = list(config.args), config.invocation_params.dir
+    if compiled.selected(args, where, config.option.markexpr, config.option.keyword):
+        compiled.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        compiled.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The compiled-build tests go last, so the background job has the run's length to finish
+    before they wait for it."""
+    items.sort(key=lambda item: item.path == compiled.TEST_FILE)
+
 
 XDG_DIRS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME",
             "XDG_RUNTIME_DIR")

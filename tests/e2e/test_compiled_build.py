@@ -1,86 +1,63 @@
 """The compiled build (hatch_build.py): `EXITGATE_COMPILE=1 pip wheel .` compiles the
-connection path with mypyc. The wheel is built here, unpacked, and checked: the listed modules
+connection path with mypyc. The wheel is built, unpacked, and checked: the listed modules
 are extension modules, every module of the package imports beside them, and the real-wire
 suites of the connection path pass again with the compiled package first on the path (a
-pytest of their own, so this process keeps the source build)."""
+pytest of their own, so this process keeps the source build).
+
+A whole-suite run builds and runs those suites in a background job started with the session
+(tests/support/compiled.py), and these tests wait for its results; a run that picks these
+tests out does the same work in the foreground."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tomllib
-import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-# The suites that drive CONNECT, SOCKS5, forwarding and every error code through a real
-# gateway: what the compiled modules do (about 85 s; the build takes about 70 s more).
-SUITES = [
-    "tests/e2e/test_http_proxy.py",
-    "tests/e2e/test_socks5.py",
-    "tests/e2e/test_error_codes.py",
-]
+from tests.support import compiled
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def _compiled_modules() -> list[str]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    config = tomllib.loads((compiled.ROOT / "pyproject.toml").read_text())
     paths = config["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]["compile"]
     return [p.removesuffix(".py").replace("/", ".") for p in paths]
 
 
 @pytest.fixture(scope="module")
-def compiled_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    wheels = tmp_path_factory.mktemp("wheels")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXITGATE_")}
-    env["EXITGATE_COMPILE"] = "1"
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr[-4000:]
-    (wheel,) = wheels.glob("exitgate-*.whl")
-    assert "-py3-none-any" not in wheel.name  # a platform wheel: it carries extension modules
-    tree = tmp_path_factory.mktemp("compiled")
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(tree)
-    return tree
+def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The job's directory and its build result: the background job's, or one run here."""
+    background = os.environ.get(compiled.ENV)
+    if background:
+        out = Path(background)
+        yield out, compiled.wait_for(out / "build.json", compiled.BUILD_TIMEOUT + 300)
+        return
+    out = tmp_path_factory.mktemp("compiled-job")
+    yield out, compiled.build(out)
 
 
-def _run_on(
-    tree: Path, argv: list[str], cwd: Path, timeout: float
-) -> subprocess.CompletedProcess[str]:
-    """`argv` (a Python program) with the compiled package first on its path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXITGATE_")}
-    env["PYTHONPATH"] = str(tree)
-    return subprocess.run(
-        [sys.executable, *argv],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+@pytest.fixture(scope="module")
+def tree(job: tuple[Path, dict[str, Any]]) -> Path:
+    _, built = job
+    assert built["ok"], built["error"]
+    assert "-py3-none-any" not in built["wheel"]  # a platform wheel: it carries extension modules
+    return Path(built["tree"])
 
 
 def test_the_listed_modules_are_compiled_and_the_whole_package_imports(
-    compiled_tree: Path, tmp_path: Path
+    tree: Path, tmp_path: Path
 ) -> None:
     modules = _compiled_modules()
     assert "exitgate.net.conn" in modules and "exitgate.wire.http1" in modules
     probe = f"""
 import importlib, importlib.machinery, pkgutil, sys
 import exitgate
-assert exitgate.__file__.startswith({str(compiled_tree)!r}), exitgate.__file__
+assert exitgate.__file__.startswith({str(tree)!r}), exitgate.__file__
 assert exitgate.compiled()
 for name in {modules!r}:
     spec = importlib.util.find_spec(name)
@@ -91,15 +68,17 @@ for info in pkgutil.walk_packages(exitgate.__path__, "exitgate."):
         importlib.import_module(info.name)  # an interpreted subclass of a compiled class fails here
 print("ok")
 """
-    done = _run_on(compiled_tree, ["-c", probe], tmp_path, 120)
+    done = compiled.run_on(tree, ["-c", probe], tmp_path, 120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-4000:]
 
 
 def test_the_connection_path_suites_pass_on_the_compiled_build(
-    compiled_tree: Path, tmp_path: Path
+    job: tuple[Path, dict[str, Any]], tree: Path
 ) -> None:
-    inner = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-             "--basetemp", str(tmp_path / "inner"), *SUITES]  # fmt: skip
-    done = _run_on(compiled_tree, inner, ROOT, 800)
-    assert done.returncode == 0, done.stdout[-6000:]
-    assert " passed" in done.stdout and " failed" not in done.stdout
+    out, _ = job
+    if os.environ.get(compiled.ENV):
+        suites = compiled.wait_for(out / "suites.json", compiled.SUITES_TIMEOUT + 60)
+    else:
+        suites = compiled.run_suites(tree, out)
+    assert suites["returncode"] == 0, suites["stdout"]
+    assert " passed" in suites["stdout"] and " failed" not in suites["stdout"]
