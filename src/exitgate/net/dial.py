@@ -104,14 +104,16 @@ class Dialer:
                             Conn, address, target.port, local_addr=local
                         )
                         return conn
+                    # kept without its traceback: that holds this frame, which holds
+                    # `last`, a cycle only the cyclic GC would free
                     except ConnectionRefusedError as exc:
-                        last = exc
+                        last = exc.with_traceback(None)
                     except OSError as exc:
                         if exc.errno in _NODE_ERRNOS:
                             raise NodeFailure(
                                 node, f"Exit cannot use its source address: {exc.strerror}"
                             ) from None
-                        last = exc
+                        last = exc.with_traceback(None)
         except TimeoutError:
             raise GatewayError(
                 Code.GATEWAY_TIMEOUT,
