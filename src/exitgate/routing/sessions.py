@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from exitgate.errors import Code, GatewayError
 from exitgate.rules import RotateKind, Rules
@@ -191,7 +191,7 @@ class SessionTable:
         found = record  # the session as this request found it, for a due rotation
         counted = None
         if touch.counted:
-            found = replace(record, node_requests=record.node_requests - 1)
+            found = record.on_node(record.node_requests - 1)
             counted = (record.last_used, touch.previous)
         return Plan(
             key,
