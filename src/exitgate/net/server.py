@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, Literal
 
 from exitgate.errors import Code, GatewayError, http_error_response
@@ -117,21 +118,23 @@ class ProxyServer:
         address = conn.peername[0]
         if not self._admit(conn, mode, True, address):
             return
+        # A partial, not a closure: compiled, a closure's environment holds the closure
+        # itself, a reference cycle that would keep the connection for the cyclic collector.
+        conn.on_ready = partial(self._ready, conn, mode, address)
 
-        def ready() -> None:
-            buffer = conn.buffer
-            if not buffer:  # closed (or timed out) before sending anything
-                self._finish(conn)
-            elif mode == "socks5" or (mode == "auto" and buffer[0] == SOCKS_VERSION):
-                SocksSession(self.ctx, conn).begin(
-                    lambda serve: self._track(spawn(self._guard(conn, serve), "proxy-client")),
-                    lambda: self._finish(conn),
-                )
-            else:
-                session = HttpSession(self.ctx, conn, address)
-                self._track(spawn(self._guard(conn, session.run()), "proxy-client"))
-
-        conn.on_ready = ready
+    def _ready(self, conn: Conn, mode: Mode, address: str) -> None:
+        """A plain connection's first bytes (or its end) arrived: start its handler."""
+        buffer = conn.buffer
+        if not buffer:  # closed (or timed out) before sending anything
+            self._finish(conn)
+        elif mode == "socks5" or (mode == "auto" and buffer[0] == SOCKS_VERSION):
+            SocksSession(self.ctx, conn).begin(
+                lambda serve: self._track(spawn(self._guard(conn, serve), "proxy-client")),
+                lambda: self._finish(conn),
+            )
+        else:
+            session = HttpSession(self.ctx, conn, address)
+            self._track(spawn(self._guard(conn, session.run()), "proxy-client"))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)

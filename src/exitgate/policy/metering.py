@@ -170,6 +170,10 @@ class Meter:
 
     def close(self) -> None:
         self.account.watchers.discard(self)
+        # The stop callback holds the connection that holds this meter: let go of it, or the
+        # two stay a reference cycle (always so in the compiled build, whose closures keep
+        # every local of the function that made them).
+        self.on_stop = None
 
     def __enter__(self) -> Meter:
         return self
