@@ -191,7 +191,8 @@ class SessionTable:
         found = record  # the session as this request found it, for a due rotation
         counted = None
         if touch.counted:
-            found = record.on_node(record.node_requests - 1)
+            if rules.rotate is not None:  # only a rotation reads the count
+                found = record.on_node(record.node_requests - 1)
             counted = (record.last_used, touch.previous)
         return Plan(
             key,
