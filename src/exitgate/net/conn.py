@@ -292,11 +292,10 @@ def splice(a: Conn, b: Conn, done: Callable[[], None]) -> None:
         remaining -= 1
         if remaining == 0:
             # Unlinked, the pair is freed by reference counting as soon as it is let go: the
-            # peer links and the taps (a meter whose stop callback holds both sides) are
-            # reference cycles, which would leave every ended tunnel, its transports and its
-            # meter to the cyclic collector.
+            # peer links are a reference cycle, which would leave every ended tunnel and its
+            # transports to the cyclic collector. (The taps' meter lets go of its stop
+            # callback, the other way back to both sides, when it closes.)
             a.peer = b.peer = None
-            a.tap = b.tap = None
             done()
 
     for side in (a, b):

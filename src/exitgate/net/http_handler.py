@@ -306,9 +306,6 @@ class HttpSession:
         finally:
             ctx.stats.tunnels_active -= 1
             meter.close()
-            # the meter's stop callback holds this session: let go of the meter's ticks, or
-            # the pair is a reference cycle that outlives the connection until the cyclic GC
-            self.tick_up = self.tick_down = uncounted
             if outcome:
                 ctx.served(
                     admitted, self.client, route, meter,

@@ -170,9 +170,9 @@ class Meter:
 
     def close(self) -> None:
         self.account.watchers.discard(self)
-        # The stop callback holds the connection that holds this meter: let go of it, or the
-        # two stay a reference cycle (always so in the compiled build, whose closures keep
-        # every local of the function that made them).
+        # The stop callback holds the connections whose taps hold this meter: let go of it,
+        # or they stay a reference cycle for the cyclic collector (in the compiled build the
+        # callback's closure also keeps every local of the function that made it).
         self.on_stop = None
 
     def __enter__(self) -> Meter:
