@@ -39,6 +39,7 @@ SUITES = [
     "tests/e2e/test_error_codes.py",
 ]
 NICENESS = 5
+LOG = "job.log"  # the job's own errors (a crash before it could write a result)
 BUILD_TIMEOUT = 600.0
 SUITES_TIMEOUT = 800.0
 
@@ -128,7 +129,9 @@ def wait_for(path: Path, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{path.name} did not appear within {timeout:.0f} s")
+            log = path.parent / LOG
+            said = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            raise TimeoutError(f"{path.name} did not appear within {timeout:.0f} s\n{said}")
         time.sleep(0.5)
     result: dict[str, Any] = json.loads(path.read_text())
     return result
@@ -154,15 +157,16 @@ def selected(args: list[str], invocation_dir: Path, markexpr: str, keyword: str)
 def start() -> None:
     global _started
     out = Path(tempfile.mkdtemp(prefix="exitgate-compiled-"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.compiled", str(out)],
-        cwd=ROOT,
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=(out / "job.log").open("wb"),
-        start_new_session=True,  # its own process group, so stop() ends its children too
-    )
+    with (out / LOG).open("wb") as log:  # the child writes to its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.compiled", str(out)],
+            cwd=ROOT,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,  # its own process group, so stop() ends its children too
+        )
     os.environ[ENV] = str(out)  # the xdist workers start after this and inherit it
     _started = (proc, out)
 
