@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
 from typing import Final, Literal
 
 from mypy_extensions import mypyc_attr
 
 from exitgate.errors import SocksReply
 from exitgate.model import Target
+from exitgate.values import Value
 from exitgate.wire.host import normalize_host
 
 __all__ = [
@@ -93,24 +93,50 @@ class AddressType(enum.IntEnum):
     IPV6 = 0x04
 
 
-@dataclass(frozen=True, slots=True)
-class Greeting:
-    methods: frozenset[int]
+class Greeting(Value):
+    """The client's greeting: the methods it offers.
+
+    The three events are written-out values, not frozen dataclasses: one of each is made per
+    connection, and a dataclass's generated `__init__` stays interpreted in the compiled
+    build (docs/decisions.md, "Value classes on the hot path")."""
+
+    __slots__ = ("methods",)
+    methods: Final[frozenset[int]]
+
+    def __init__(self, methods: frozenset[int]) -> None:
+        self.methods = methods
+
+    def value(self) -> tuple[tuple[str, object], ...]:
+        return (("methods", self.methods),)
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str
-    password: str
+class Credentials(Value):
+    __slots__ = ("password", "username")
+    username: Final[str]
+    password: Final[str]
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self.password = password
+
+    def value(self) -> tuple[tuple[str, object], ...]:
+        return (("username", self.username), ("password", self.password))
 
     def __repr__(self) -> str:  # the password is a package key: never in logs
         return f"Credentials(username={self.username!r}, password=<redacted>)"
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    command: Command
-    target: Target
+class Request(Value):
+    __slots__ = ("command", "target")
+    command: Final[Command]
+    target: Final[Target]
+
+    def __init__(self, command: Command, target: Target) -> None:
+        self.command = command
+        self.target = target
+
+    def value(self) -> tuple[tuple[str, object], ...]:
+        return (("command", self.command), ("target", self.target))
 
 
 class Socks5Error(Exception):
@@ -137,6 +163,8 @@ class _Phase(enum.Enum):
     CLOSED = enum.auto()
 
 
+# by value, without `Command(cmd)`: an enum's call runs interpreted Python in either build
+_COMMANDS: Final[dict[int, Command]] = {int(command): command for command in Command}
 _ZERO_V4: Final = b"\x01\x00\x00\x00\x00\x00\x00"  # ATYP IPv4 0.0.0.0, port 0
 
 
@@ -168,7 +196,20 @@ def encode_address(host: str, port: int) -> bytes:
 
 def _canonical_ipv4(host: str) -> bytes | None:
     """The 4 bytes of a dotted quad in canonical form (no leading zeros), else None (then
-    `ipaddress` decides): what `ipaddress` would give, without its per-octet parsing."""
+    `ipaddress` decides): what `ipaddress` would give, without its per-octet parsing.
+    Memoised: the usual host is one of the gateway's own few addresses (a reply's BND.ADDR),
+    and checking a quad costs ten times a lookup."""
+    known = _PACKED.get(host, _UNKNOWN)
+    if known is not _UNKNOWN:
+        return known
+    packed = _pack_ipv4(host)
+    if len(_PACKED) >= _PACKED_MAX:
+        _PACKED.clear()
+    _PACKED[host] = packed
+    return packed
+
+
+def _pack_ipv4(host: str) -> bytes | None:
     parts = host.split(".")
     if len(parts) != 4:
         return None
@@ -179,6 +220,11 @@ def _canonical_ipv4(host: str) -> bytes | None:
             return None
     values = [int(part) for part in parts]
     return bytes(values) if max(values) <= 255 else None
+
+
+_UNKNOWN: Final = b"?"  # not a possible result (those are 4 bytes or None)
+_PACKED_MAX: Final = 1024
+_PACKED: Final[dict[str, bytes | None]] = {}
 
 
 def _address_length(data: bytes | bytearray, at: int) -> int | None:
@@ -200,7 +246,7 @@ def _decode_address(data: bytes, at: int) -> Target:
     """Decode a complete ATYP+ADDR+PORT (length already checked). ValueError when malformed."""
     atyp = data[at]
     if atyp == AddressType.IPV4:
-        host = ".".join(map(str, data[at + 1 : at + 5]))
+        host = f"{data[at + 1]}.{data[at + 2]}.{data[at + 3]}.{data[at + 4]}"
         port_at = at + 5
     elif atyp == AddressType.IPV6:
         host = ipaddress.IPv6Address(data[at + 1 : at + 17]).compressed
@@ -297,7 +343,8 @@ class Socks5Server:
         if buf[0] != 5:
             raise Socks5Error(f"bad request version {buf[0]:#04x}")
         cmd = buf[1]
-        if cmd not in (1, 2, 3):
+        command = _COMMANDS.get(cmd)
+        if command is None:
             raise Socks5Error(
                 f"unknown command {cmd:#04x}", _failure(SocksReply.COMMAND_NOT_SUPPORTED)
             )
@@ -323,7 +370,7 @@ class Socks5Server:
             target = Target("0.0.0.0", int.from_bytes(buf[end - 2 : end], "big"))
         del buf[:end]
         self._phase = _Phase.AWAIT_REPLY
-        return Request(Command(cmd), target)
+        return Request(command, target)
 
     def _expect(self, phase: _Phase, call: str) -> None:
         if self._phase is not phase:
