@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from exitgate.admission import Admitted
 from exitgate.errors import Code, GatewayError, http_error_response
@@ -60,13 +59,16 @@ from exitgate.wire.http1 import (
 )
 
 
-@dataclass(slots=True)
 class _BodyProgress:
     """Whether a request body went out whole (else the connection cannot carry another), or
-    the framing error that stopped it."""
+    the framing error that stopped it. Written out: a dataclass's generated `__init__` stays
+    interpreted in the compiled build, and one is made per forwarded request."""
 
-    complete: bool = False
-    error: HttpError | None = None
+    __slots__ = ("complete", "error")
+
+    def __init__(self) -> None:
+        self.complete = False
+        self.error: HttpError | None = None
 
 
 class _Malformed(Exception):
@@ -78,11 +80,15 @@ class _Malformed(Exception):
         self.relayed = relayed
 
 
-@dataclass(slots=True)
 class _Kept:
-    node: Node
-    target: Target
-    conn: Conn
+    """The target connection a client connection keeps for its next request."""
+
+    __slots__ = ("conn", "node", "target")
+
+    def __init__(self, node: Node, target: Target, conn: Conn) -> None:
+        self.node = node
+        self.target = target
+        self.conn = conn
 
 
 class HttpSession:

@@ -122,6 +122,8 @@ def select_spread(
 def _union(skip: Collection[str], spread: Collection[str]) -> Collection[str]:
     if not spread:
         return skip
+    if not skip:  # the usual case: no node cooling down, none tried yet
+        return spread
     if isinstance(spread, KeysView):  # DomainMemory's view: one set operation, no copy
         return spread | skip
     return frozenset(spread).union(skip)

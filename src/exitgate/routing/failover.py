@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final
 
 from exitgate.errors import Code, GatewayError
@@ -54,9 +54,24 @@ from exitgate.store.bans import NO_BANS
 from exitgate.store.sessions import NO_TIMINGS, SessionKey, SessionTimings
 
 
-@dataclass(frozen=True, slots=True)
 class Dial:
-    node: Node
+    """Dial this node. Written out, not a frozen dataclass: one per request (a dataclass's
+    generated `__init__` stays interpreted in the compiled build)."""
+
+    __slots__ = ("node",)
+    node: Final[Node]
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Dial) and other.node == self.node
+
+    def __hash__(self) -> int:
+        return hash(self.node)
+
+    def __repr__(self) -> str:
+        return f"Dial(node={self.node!r})"
 
 
 class Success:
