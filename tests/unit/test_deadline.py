@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from exitgate.net.deadline import within
+from exitgate.net.deadline import RESOLUTION, wheel_of, within
 
 
 def test_a_block_that_takes_too_long_raises_timeout_error() -> None:
@@ -53,3 +53,94 @@ def test_an_exception_inside_passes_through() -> None:
             raise ValueError("boom")
 
     asyncio.run(main())
+
+
+# -- the wheel -------------------------------------------------------------------------------
+
+
+class _Item:
+    def __init__(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[float]) -> None:
+        self.loop = loop
+        self.done = done
+        self.calls = 0
+
+    def _deadline_due(self) -> None:
+        self.calls += 1
+        if not self.done.done():
+            self.done.set_result(self.loop.time())
+
+
+def test_a_deadline_fires_once_never_early_and_at_most_a_bucket_late() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wheel = wheel_of(loop)
+        fired: list[tuple[float, float, _Item]] = []
+        for delay in (0.0, 0.01, 0.07, 0.12):
+            item = _Item(loop, loop.create_future())
+            at = loop.time() + delay
+            wheel.add(item, at)
+            fired.append((at, delay, item))
+        for at, _, item in fired:
+            when = await asyncio.wait_for(item.done, 2)
+            assert when >= at
+            # a bucket late at most, plus the loop's own wake-up slack
+            assert when - at <= RESOLUTION + 0.05
+        await asyncio.sleep(RESOLUTION * 3)
+        assert [item.calls for _, _, item in fired] == [1, 1, 1, 1]
+        assert len(wheel) == 0
+
+    asyncio.run(main())
+
+
+def test_a_discarded_deadline_does_not_fire_and_its_item_is_let_go() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wheel = wheel_of(loop)
+        kept = _Item(loop, loop.create_future())
+        dropped = _Item(loop, loop.create_future())
+        slot = wheel.add(dropped, loop.time() + 0.02)
+        wheel.add(kept, loop.time() + 0.02)
+        wheel.discard(dropped, slot)
+        assert len(wheel) == 1
+        await asyncio.wait_for(kept.done, 2)
+        await asyncio.sleep(RESOLUTION * 2)
+        assert dropped.calls == 0
+        assert kept.calls == 1
+
+    asyncio.run(main())
+
+
+def test_an_item_may_schedule_itself_again_when_due() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wheel = wheel_of(loop)
+        times: list[float] = []
+        finished: asyncio.Future[None] = loop.create_future()
+
+        class Again:
+            def _deadline_due(self) -> None:
+                times.append(loop.time())
+                if len(times) < 3:
+                    wheel.add(self, loop.time() + 0.01)
+                else:
+                    finished.set_result(None)
+
+        wheel.add(Again(), loop.time())
+        await asyncio.wait_for(finished, 2)
+        assert len(times) == 3
+        assert times == sorted(times)
+
+    asyncio.run(main())
+
+
+def test_each_loop_has_its_own_wheel() -> None:
+    seen: list[object] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert wheel_of(loop) is wheel_of(loop)
+        seen.append(wheel_of(loop))
+
+    asyncio.run(main())
+    asyncio.run(main())
+    assert seen[0] is not seen[1]

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from exitgate.net.deadline import RESOLUTION, Wheel, wheel_of
+
 MAX_BUFFER = 256 * 1024
 WRITE_HIGH_WATER = 512 * 1024
 
@@ -33,8 +35,8 @@ class ConnectionClosed(Exception):
 
 class Conn(asyncio.Protocol):
     __slots__ = (
-        "_deadline",
         "_deadline_at",
+        "_deadline_slot",
         "_drain_waiter",
         "_on_made",
         "_paused_reading",
@@ -51,6 +53,7 @@ class Conn(asyncio.Protocol):
         "proxied",
         "tap",
         "transport",
+        "wheel",
     )
 
     def __init__(self, on_made: Callable[[Conn], None] | None = None) -> None:
@@ -74,8 +77,9 @@ class Conn(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._paused_reading = False
-        self._deadline: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
+        self._deadline_slot = 0  # the wheel's bucket this connection is in; 0: none
+        self.wheel: Wheel | None = None  # the loop's deadlines, once one was set
         self._peername: tuple[str, int] | None = None  # asked once: handlers read it often
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -123,9 +127,10 @@ class Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline_at = None
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        if self._deadline_slot and self.wheel is not None:
+            # let go at once: the wheel would hold the ended connection until the bucket
+            self.wheel.discard(self, self._deadline_slot)
+            self._deadline_slot = 0
         self.closed = True
         self.eof = True
         self._wake_reader()
@@ -160,35 +165,40 @@ class Conn(asyncio.Protocol):
     def set_deadline(self, delay: float) -> None:
         """Abort the connection unless `clear_deadline` comes within `delay` seconds.
 
-        One lazy timer per connection: setting or clearing a deadline only writes a float, and
-        the timer, when it fires, re-arms itself for a deadline that moved (a kept-alive
-        connection sets one per request). Cheaper than an `asyncio.timeout` scope around every
+        Lazy, on the loop's deadline wheel (`net.deadline`): setting or clearing a deadline
+        writes a float, and a set operation only when the new deadline is earlier than the
+        bucket the connection already waits in; when the bucket comes, a deadline that moved
+        later is put back in the wheel. Cheaper than an `asyncio.timeout` scope around every
         await, or a timer handle made and cancelled per request. An aborted connection makes
         the pending `read_more` raise `ConnectionClosed`, with `expired` set.
         """
-        loop = asyncio.get_running_loop()
+        wheel = self.wheel
+        if wheel is None:
+            loop = asyncio.get_running_loop()
+            wheel = self.wheel = wheel_of(loop)
+        else:
+            loop = asyncio.get_running_loop()
         at = loop.time() + delay
         self._deadline_at = at
-        timer = self._deadline
-        if timer is None or timer.when() > at:
-            if timer is not None:
-                timer.cancel()
-            self._deadline = loop.call_at(at, self._deadline_due)
+        slot = self._deadline_slot
+        if slot == 0 or slot > int(at / RESOLUTION) + 1:
+            if slot:
+                wheel.discard(self, slot)
+            self._deadline_slot = wheel.add(self, at)
 
     def clear_deadline(self) -> None:
         self._deadline_at = None
 
     def _deadline_due(self) -> None:
-        self._deadline = None
+        self._deadline_slot = 0
         at = self._deadline_at
-        if at is None or self.closed:
+        if at is None or self.closed or self.wheel is None:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() >= at:
+        if asyncio.get_running_loop().time() >= at:
             self.expired = True
             self.abort()
         else:
-            self._deadline = loop.call_at(at, self._deadline_due)
+            self._deadline_slot = self.wheel.add(self, at)
 
     # -- read mode --------------------------------------------------------------------------
     def _wake_reader(self) -> None:
