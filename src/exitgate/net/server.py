@@ -19,7 +19,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Coroutine
-from functools import partial
 from typing import Any, Literal
 
 from exitgate.errors import Code, GatewayError, http_error_response
@@ -67,6 +66,24 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key or None)
     return context
+
+
+class _Ready:
+    """A plain connection's `on_ready`: `ProxyServer._ready` with its arguments. A small
+    class, not a closure (compiled, a closure's environment holds the closure itself: a
+    reference cycle left to the cyclic collector) nor a `functools.partial` (about 4,000
+    instructions to make, ten times this)."""
+
+    __slots__ = ("address", "conn", "mode", "server")
+
+    def __init__(self, server: ProxyServer, conn: Conn, mode: Mode, address: str) -> None:
+        self.server = server
+        self.conn = conn
+        self.mode: Mode = mode
+        self.address = address
+
+    def __call__(self) -> None:
+        self.server._ready(self.conn, self.mode, self.address)
 
 
 class ProxyServer:
@@ -118,9 +135,7 @@ class ProxyServer:
         address = conn.peername[0]
         if not self._admit(conn, mode, True, address):
             return
-        # A partial, not a closure: compiled, a closure's environment holds the closure
-        # itself, a reference cycle that would keep the connection for the cyclic collector.
-        conn.on_ready = partial(self._ready, conn, mode, address)
+        conn.on_ready = _Ready(self, conn, mode, address)
 
     def _ready(self, conn: Conn, mode: Mode, address: str) -> None:
         """A plain connection's first bytes (or its end) arrived: start its handler."""
@@ -129,12 +144,20 @@ class ProxyServer:
             self._finish(conn)
         elif mode == "socks5" or (mode == "auto" and buffer[0] == SOCKS_VERSION):
             SocksSession(self.ctx, conn).begin(
-                lambda serve: self._track(spawn(self._guard(conn, serve), "proxy-client")),
+                lambda serve: self._serve(self._guard(conn, serve)),
                 lambda: self._finish(conn),
             )
         else:
             session = HttpSession(self.ctx, conn, address)
-            self._track(spawn(self._guard(conn, session.run()), "proxy-client"))
+            self._serve(self._guard(conn, session.run()))
+
+    def _serve(self, guarded: Coroutine[Any, Any, None]) -> None:
+        """A plain connection's handler task. Not `tasks.spawn`: `_guard` logs what the
+        handler raises and `self.tasks` holds the task, so spawn's own bookkeeping (a second
+        set and a second done-callback, per connection) would add nothing."""
+        task = asyncio.get_running_loop().create_task(guarded, name="proxy-client")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
