@@ -759,3 +759,23 @@ def test_an_empty_buffer_is_an_incomplete_head() -> None:
     assert parse_request_head(b"") is None
     assert parse_request_head(bytearray()) is None
     assert parse_response_head(b"") is None
+
+
+def test_authorities_are_memoised_bounded_and_refusals_are_not_kept() -> None:
+    from exitgate.wire import http1
+
+    def connect(target: str) -> RequestHead:
+        parsed = parse_request_head(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+        assert parsed is not None
+        return parsed[0]
+
+    first = connect_target(connect("Example.COM:443"))
+    assert first == Target("example.com", 443)
+    assert connect_target(connect("Example.COM:443")) is first  # the memo's answer
+    for _ in range(2):  # refused each time, never remembered
+        with pytest.raises(HttpError, match="invalid port"):
+            connect_target(connect("example.com:0"))
+    for n in range(http1._AUTHORITIES_MAX + 10):
+        connect_target(connect(f"h{n}.example:80"))
+    assert len(http1._AUTHORITIES) <= http1._AUTHORITIES_MAX
+    assert connect_target(connect("Example.COM:443")) == Target("example.com", 443)

@@ -292,31 +292,41 @@ def response_keep_alive(head: ResponseHead) -> bool:
 
 
 _HOP_BY_HOP: Final = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
-_DROP_HOST: Final = frozenset((b"host",))  # a forwarded request gets the URI's authority
-_NOTHING: Final[frozenset[bytes]] = frozenset()
-_DROP_FORWARDED: Final = _DROP_HOST | {b"x-exitgate-ban"}  # for the gateway, not the target
+# a forwarded request gets the URI's authority as Host; X-Exitgate-Ban is for the gateway
+_DROP_REQUEST: Final = _HOP_BY_HOP | {b"host", b"x-exitgate-ban"}
+_DROP_RESPONSE: Final = _HOP_BY_HOP
 
 
 def _kept_fields(head: Fields, extra_drop: frozenset[bytes], framing: Framing) -> list[bytes]:
     """The end-to-end fields to forward. Framing fields leave as `framing.field`, once, where
     the first of them stood, whatever form they came in (and even when Connection names them:
-    the body is framed by them either way)."""
-    drop = _HOP_BY_HOP | extra_drop
-    if b"connection" in head.names:
+    the body is framed by them either way).
+
+    `extra_drop` already holds the hop-by-hop names (`_DROP_RESPONSE`, `_DROP_REQUEST`).
+    Indexed loops, not `zip(..., strict=True)`: compiled, a call with a keyword argument goes
+    through the generic call path, twice per forwarded request."""
+    names = head.names
+    headers = head.headers
+    drop = extra_drop
+    if b"connection" in names:
         drop = drop | _tokens(head, b"connection")
     out: list[bytes] = []
     if framing.via is Via.NONE:
-        for lname, (name, value) in zip(head.names, head.headers, strict=True):
+        for i in range(len(names)):
+            lname = names[i]
             if lname not in drop and not lname.startswith(b"proxy-"):
+                name, value = headers[i]
                 out += (name, b": ", value, b"\r\n")
         return out
     canonical = framing.field
-    for lname, (name, value) in zip(head.names, head.headers, strict=True):
+    for i in range(len(names)):
+        lname = names[i]
         if lname in FRAMING_FIELDS:
             if canonical:
                 out.append(canonical)
                 canonical = b""
         elif lname not in drop and not lname.startswith(b"proxy-"):
+            name, value = headers[i]
             out += (name, b": ", value, b"\r\n")
     return out
 
@@ -330,7 +340,7 @@ def forward_request_head(
     otherwise an HTTP/1.0 request asks for keep-alive explicitly."""
     authority = target.authority if target.port != 80 else target.authority[:-3]
     parts = [f"{head.method} {path} {head.version}\r\nHost: {authority}\r\n".encode("ascii")]
-    parts += _kept_fields(head, _DROP_FORWARDED, request_framing(head))
+    parts += _kept_fields(head, _DROP_REQUEST, request_framing(head))
     if close:
         parts.append(b"Connection: close\r\n")
     elif head.version == "HTTP/1.0":
@@ -346,7 +356,7 @@ def forward_response_head(
     Proxy-* fields dropped, the framing in one canonical field. Adds `Connection: close` when
     `close`, or `Connection: keep-alive` for an HTTP/1.0 client."""
     parts = [f"HTTP/1.1 {head.status} {head.reason}\r\n".encode("latin-1")]
-    parts += _kept_fields(head, _NOTHING, response_framing(head))
+    parts += _kept_fields(head, _DROP_RESPONSE, response_framing(head))
     if close:
         parts.append(b"Connection: close\r\n")
     elif client_version == "HTTP/1.0":
@@ -398,6 +408,25 @@ def _port(text: str) -> int:
 
 
 def _authority(text: str, default_port: int | None) -> Target:
+    """The target an authority names, memoised: a pure function of the text, and a client
+    names the same few hosts again and again. Bounded (emptied when full); a refusal is not
+    kept (it raises each time)."""
+    key = (text, default_port)
+    known = _AUTHORITIES.get(key)
+    if known is not None:
+        return known
+    target = _parse_authority(text, default_port)
+    if len(_AUTHORITIES) >= _AUTHORITIES_MAX:
+        _AUTHORITIES.clear()
+    _AUTHORITIES[key] = target
+    return target
+
+
+_AUTHORITIES_MAX: Final = 4096
+_AUTHORITIES: Final[dict[tuple[str, int | None], Target]] = {}
+
+
+def _parse_authority(text: str, default_port: int | None) -> Target:
     if "@" in text:
         raise HttpError(400, "userinfo in the request target")
     if text.startswith("["):
