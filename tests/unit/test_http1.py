@@ -775,7 +775,9 @@ def test_authorities_are_memoised_bounded_and_refusals_are_not_kept() -> None:
     for _ in range(2):  # refused each time, never remembered
         with pytest.raises(HttpError, match="invalid port"):
             connect_target(connect("example.com:0"))
-    for n in range(http1._AUTHORITIES_MAX + 10):
+    bound = http1._authority.cache_info().maxsize
+    assert bound is not None
+    for n in range(bound + 10):
         connect_target(connect(f"h{n}.example:80"))
-    assert len(http1._AUTHORITIES) <= http1._AUTHORITIES_MAX
+    assert http1._authority.cache_info().currsize <= bound
     assert connect_target(connect("Example.COM:443")) == Target("example.com", 443)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import binascii
 import enum
 import re
+from functools import lru_cache
 from typing import Final, Literal
 
 from exitgate.model import Target
@@ -407,23 +408,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
+@lru_cache(maxsize=4096)
 def _authority(text: str, default_port: int | None) -> Target:
     """The target an authority names, memoised: a pure function of the text, and a client
-    names the same few hosts again and again. Bounded (emptied when full); a refusal is not
-    kept (it raises each time)."""
-    key = (text, default_port)
-    known = _AUTHORITIES.get(key)
-    if known is not None:
-        return known
-    target = _parse_authority(text, default_port)
-    if len(_AUTHORITIES) >= _AUTHORITIES_MAX:
-        _AUTHORITIES.clear()
-    _AUTHORITIES[key] = target
-    return target
-
-
-_AUTHORITIES_MAX: Final = 4096
-_AUTHORITIES: Final[dict[tuple[str, int | None], Target]] = {}
+    names the same few hosts again and again. `lru_cache` keeps no refusal (it raises each
+    time)."""
+    return _parse_authority(text, default_port)
 
 
 def _parse_authority(text: str, default_port: int | None) -> Target:

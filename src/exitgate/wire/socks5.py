@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from functools import lru_cache
 from typing import Final, Literal
 
 from mypy_extensions import mypyc_attr
@@ -194,22 +195,12 @@ def encode_address(host: str, port: int) -> bytes:
     return bytes((AddressType.DOMAIN, len(name))) + name + port.to_bytes(2, "big")
 
 
+@lru_cache(maxsize=1024)
 def _canonical_ipv4(host: str) -> bytes | None:
     """The 4 bytes of a dotted quad in canonical form (no leading zeros), else None (then
     `ipaddress` decides): what `ipaddress` would give, without its per-octet parsing.
     Memoised: the usual host is one of the gateway's own few addresses (a reply's BND.ADDR),
     and checking a quad costs ten times a lookup."""
-    known = _PACKED.get(host, _UNKNOWN)
-    if known is not _UNKNOWN:
-        return known
-    packed = _pack_ipv4(host)
-    if len(_PACKED) >= _PACKED_MAX:
-        _PACKED.clear()
-    _PACKED[host] = packed
-    return packed
-
-
-def _pack_ipv4(host: str) -> bytes | None:
     parts = host.split(".")
     if len(parts) != 4:
         return None
@@ -220,11 +211,6 @@ def _pack_ipv4(host: str) -> bytes | None:
             return None
     values = [int(part) for part in parts]
     return bytes(values) if max(values) <= 255 else None
-
-
-_UNKNOWN: Final = b"?"  # not a possible result (those are 4 bytes or None)
-_PACKED_MAX: Final = 1024
-_PACKED: Final[dict[str, bytes | None]] = {}
 
 
 def _address_length(data: bytes | bytearray, at: int) -> int | None:
