@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from exitgate.net.deadline import RESOLUTION, Wheel, wheel_of
+from exitgate.net.deadline import Wheel, bucket_of, wheel_of
 
 MAX_BUFFER = 256 * 1024
 WRITE_HIGH_WATER = 512 * 1024
@@ -172,16 +172,14 @@ class Conn(asyncio.Protocol):
         await, or a timer handle made and cancelled per request. An aborted connection makes
         the pending `read_more` raise `ConnectionClosed`, with `expired` set.
         """
+        loop = asyncio.get_running_loop()
         wheel = self.wheel
         if wheel is None:
-            loop = asyncio.get_running_loop()
             wheel = self.wheel = wheel_of(loop)
-        else:
-            loop = asyncio.get_running_loop()
         at = loop.time() + delay
         self._deadline_at = at
         slot = self._deadline_slot
-        if slot == 0 or slot > int(at / RESOLUTION) + 1:
+        if slot == 0 or slot > bucket_of(at):
             if slot:
                 wheel.discard(self, slot)
             self._deadline_slot = wheel.add(self, at)

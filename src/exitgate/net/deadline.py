@@ -35,6 +35,11 @@ RESOLUTION: Final = 0.05  # seconds per bucket: how late a deadline may fire
 log = logging.getLogger("exitgate.deadline")
 
 
+def bucket_of(at: float) -> int:
+    """The wheel's bucket for a deadline at `at` (loop time): the first that ends after it."""
+    return int(at / RESOLUTION) + 1
+
+
 class Wheel:
     """Deadlines of one event loop, in buckets of `RESOLUTION` seconds (see the module doc)."""
 
@@ -52,7 +57,7 @@ class Wheel:
     def add(self, item: Any, at: float) -> int:
         """Call `item._deadline_due()` once, at `at` (loop time) or up to RESOLUTION later.
         Returns the bucket, for `discard`."""
-        slot = int(at / RESOLUTION) + 1
+        slot = bucket_of(at)
         bucket = self._buckets.get(slot)
         if bucket is not None:
             bucket.add(item)

@@ -153,11 +153,9 @@ class ProxyServer:
 
     def _serve(self, guarded: Coroutine[Any, Any, None]) -> None:
         """A plain connection's handler task. Not `tasks.spawn`: `_guard` logs what the
-        handler raises and `self.tasks` holds the task, so spawn's own bookkeeping (a second
-        set and a second done-callback, per connection) would add nothing."""
-        task = asyncio.get_running_loop().create_task(guarded, name="proxy-client")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        handler raises and `_track` holds the task, so spawn's own bookkeeping (a second set
+        and a second done-callback, per connection) would add nothing."""
+        self._track(asyncio.get_running_loop().create_task(guarded, name="proxy-client"))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)

@@ -52,9 +52,10 @@ from exitgate.routing.sessions import Plan, SessionOutcome, SessionTable
 from exitgate.rules import Rules
 from exitgate.store.bans import NO_BANS
 from exitgate.store.sessions import NO_TIMINGS, SessionKey, SessionTimings
+from exitgate.values import Value
 
 
-class Dial:
+class Dial(Value):
     """Dial this node. Written out, not a frozen dataclass: one per request (a dataclass's
     generated `__init__` stays interpreted in the compiled build)."""
 
@@ -64,14 +65,8 @@ class Dial:
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Dial) and other.node == self.node
-
-    def __hash__(self) -> int:
-        return hash(self.node)
-
-    def __repr__(self) -> str:
-        return f"Dial(node={self.node!r})"
+    def value(self) -> tuple[tuple[str, object], ...]:
+        return (("node", self.node),)
 
 
 class Success:
