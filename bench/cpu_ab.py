@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.cpu_ab --base HEAD~1 [--modes connect,socks5,forward]
                                       [--rounds 5] [--seconds 3] [-c 64]
+                                      [--sessions N] [--limited]
 
 "base" is the source tree at git revision `--base` (extracted with `git archive` into a
 temporary directory and put first on PYTHONPATH); "new" is the working tree. `--base-src
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", type=int, default=64)
     p.add_argument("--sessions", type=int, default=0, help="username sessions (loadgen)")
     p.add_argument(
+        "--limited", action="store_true", help="use the package with rps and concurrency limits"
+    )
+    p.add_argument(
         "--base-src",
         default="",
         help="run 'base' from this source folder instead of --base (a compiled build)",
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             inst.start()
             stop.append(inst)
             inst.provision(None)
-            t = ExitgateTarget(name, inst, "us", sessions=args.sessions)
+            t = ExitgateTarget(name, inst, "us", sessions=args.sessions, limited=args.limited)
             t.refresh()
             targets.append(t)
         sizes = dataclasses.replace(FULL, seconds=args.seconds, warmup=0.5)

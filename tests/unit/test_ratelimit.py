@@ -41,9 +41,22 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def counters() -> MemoryCounters:
-    return MemoryCounters()
+class AwaitingCounters(MemoryCounters):
+    """The in-process arithmetic behind awaits that yield, as a network backend's do: the
+    limiter then takes its awaited path, not the synchronous one it uses for MemoryCounters."""
+
+    async def take(self, key: str, rate: int, burst: int, now: int) -> int:
+        await asyncio.sleep(0)
+        return await super().take(key, rate, burst, now)
+
+    async def acquire(self, key: str, holder: str, limit: int, ttl: int, now: int) -> bool:
+        await asyncio.sleep(0)
+        return await super().acquire(key, holder, limit, ttl, now)
+
+
+@pytest.fixture(params=["in-process", "awaiting"])
+def counters(request: pytest.FixtureRequest) -> MemoryCounters:
+    return MemoryCounters() if request.param == "in-process" else AwaitingCounters()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Package
+from exitgate.store.counters import MemoryCounters
 
 if TYPE_CHECKING:
     from exitgate.store.counters import Counters
@@ -129,19 +130,52 @@ class Limiter:
         self._instance = instance or secrets.token_hex(6)
         self._ids = itertools.count(1)
         self._live: dict[str, Slot] = {}
+        # The in-process backend answers at once: admit through its synchronous methods (not
+        # for a subclass, which may override the awaited ones).
+        self._local = counters if type(counters) is MemoryCounters else None
 
     # -- gate 5 -------------------------------------------------------------------------------
     async def admit(self, package: Package, then: Callable[[Package], None] | None = None) -> Slot:
         """Rate, then concurrency, then `then(package)` (the traffic cap check, say): the
         slot, or the first refusal (the slot released when `then` raises)."""
-        await self.check_rate(package)
-        slot = await self.acquire(package)
+        limits = package.limits
+        if self._local is not None:
+            slot = self._admit_local(package, self._local)
+        elif limits.rps is None and limits.concurrency is None:
+            slot = UNLIMITED
+        else:
+            await self.check_rate(package)
+            slot = await self.acquire(package)
         if then is not None:
             try:
                 then(package)
             except BaseException:
                 slot.release()
                 raise
+        return slot
+
+    def _admit_local(self, package: Package, local: MemoryCounters) -> Slot:
+        """`check_rate` then `acquire` on the in-process backend, without awaiting."""
+        limits = package.limits
+        rate = limits.rps
+        limit = limits.concurrency
+        if rate is None and limit is None:
+            return UNLIMITED
+        now = self.clock()
+        if rate is not None and (
+            rate <= 0 or local.take_now(rate_key(package.id), rate, rate, now)
+        ):
+            raise rate_exceeded(rate)
+        if limit is None:
+            return UNLIMITED
+        if limit <= 0:
+            raise concurrency_exceeded(limit)
+        key = slot_key(package.id)
+        holder = f"{self._instance}:{next(self._ids)}"
+        if not local.acquire_now(key, holder, limit, self._ttl_us, now):
+            raise concurrency_exceeded(limit)
+        slot = Slot(self, key, holder)
+        self._live[holder] = slot
         return slot
 
     async def check_rate(self, package: Package) -> None:

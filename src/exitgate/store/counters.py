@@ -95,26 +95,38 @@ class MemoryCounters:
         self._buckets: dict[str, tuple[int, int]] = {}
         self._slots: dict[str, dict[str, int]] = {}
 
-    async def take(self, key: str, rate: int, burst: int, now: int) -> int:
+    # `take_now` and `acquire_now` are the synchronous forms: `Limiter` calls them directly,
+    # with no coroutine per call, when its backend is this one.
+    def take_now(self, key: str, rate: int, burst: int, now: int) -> int:
         level, stamp = self._buckets.get(key, (burst * TOKEN, now))
         level, stamp, wait = bucket_take(level, stamp, rate, burst, now)
         self._buckets[key] = (level, stamp)
         return wait
 
-    async def acquire(self, key: str, holder: str, limit: int, ttl: int, now: int) -> bool:
+    async def take(self, key: str, rate: int, burst: int, now: int) -> int:
+        return self.take_now(key, rate, burst, now)
+
+    def acquire_now(self, key: str, holder: str, limit: int, ttl: int, now: int) -> bool:
         held = self._slots.get(key)
         if held is None:
-            held = {}
-        else:
+            if limit < 1:
+                return False
+            self._slots[key] = {holder: now + ttl}
+            return True
+        if holder not in held and len(held) >= limit:
+            # Expired holders matter only when they would refuse this one: sweeping them on
+            # every acquire cost a pass over all the package's live slots per connection.
             for expired in [h for h, until in held.items() if until <= now]:
                 del held[expired]
-        if holder not in held and len(held) >= limit:
-            if not held:
-                self._slots.pop(key, None)
-            return False
+            if len(held) >= limit:
+                if not held:
+                    del self._slots[key]
+                return False
         held[holder] = now + ttl
-        self._slots[key] = held
         return True
+
+    async def acquire(self, key: str, holder: str, limit: int, ttl: int, now: int) -> bool:
+        return self.acquire_now(key, holder, limit, ttl, now)
 
     async def renew(self, leases: Sequence[tuple[str, str]], ttl: int, now: int) -> None:
         for key, holder in leases:
