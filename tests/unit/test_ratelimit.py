@@ -152,6 +152,60 @@ def test_bucket_matches_an_exact_rational_model(rate: int, gaps: Sequence[int]) 
 # -- concurrency -------------------------------------------------------------------------------
 
 
+class EagerSemaphore:
+    """The semaphore's meaning, written plainly: every call drops the expired holders first."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+
+    def sweep(self, now: int) -> None:
+        self.held = {h: until for h, until in self.held.items() if until > now}
+
+    def acquire(self, holder: str, limit: int, ttl: int, now: int) -> bool:
+        self.sweep(now)
+        if holder not in self.held and len(self.held) >= limit:
+            return False
+        self.held[holder] = now + ttl
+        return True
+
+    def count(self, now: int) -> int:
+        self.sweep(now)
+        return len(self.held)
+
+
+@given(
+    limit=st.integers(0, 4),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["acquire", "release", "renew"]),
+            st.sampled_from("abcdef"),
+            st.integers(0, 12 * S),  # time passing before the step
+        ),
+        max_size=60,
+    ),
+)
+def test_semaphore_sweeps_lazily_and_agrees_with_the_eager_model(
+    limit: int, steps: Sequence[tuple[str, str, int]]
+) -> None:
+    """`acquire_now` drops expired holders only when they would refuse someone: every answer
+    and count must still be the eager model's."""
+    counters, model = MemoryCounters(), EagerSemaphore()
+    ttl, now = 10 * S, 0
+    for op, holder, gap in steps:
+        now += gap
+        if op == "acquire":
+            assert counters.acquire_now("k", holder, limit, ttl, now) == model.acquire(
+                holder, limit, ttl, now
+            )
+        elif op == "release":
+            counters.release("k", holder)
+            model.held.pop(holder, None)
+        else:
+            asyncio.run(counters.renew([("k", holder)], ttl, now))
+            model.held[holder] = now + ttl
+        assert asyncio.run(counters.count("k", now)) == model.count(now)
+
+
 async def held(counters: MemoryCounters, package: Package, clock: Clock) -> int:
     return await counters.count(slot_key(package.id), clock())
 
