@@ -65,6 +65,14 @@ def concurrency_exceeded(limit: int) -> GatewayError:
     return GatewayError(Code.RATE_LIMIT_EXCEEDED, f"Concurrent connection limit reached ({limit})")
 
 
+def _slot_limit(package: Package) -> int | None:
+    """The package's concurrency limit; None for no limit. A limit of 0 refuses at once."""
+    limit = package.limits.concurrency
+    if limit is not None and limit <= 0:
+        raise concurrency_exceeded(limit)
+    return limit
+
+
 class Slot:
     """One held concurrency slot. `release()` may be called any number of times."""
 
@@ -139,10 +147,10 @@ class Limiter:
         """Rate, then concurrency, then `then(package)` (the traffic cap check, say): the
         slot, or the first refusal (the slot released when `then` raises)."""
         limits = package.limits
-        if self._local is not None:
-            slot = self._admit_local(package, self._local)
-        elif limits.rps is None and limits.concurrency is None:
+        if limits.rps is None and limits.concurrency is None:
             slot = UNLIMITED
+        elif self._local is not None:
+            slot = self._admit_local(package, self._local)
         else:
             await self.check_rate(package)
             slot = await self.acquire(package)
@@ -156,27 +164,19 @@ class Limiter:
 
     def _admit_local(self, package: Package, local: MemoryCounters) -> Slot:
         """`check_rate` then `acquire` on the in-process backend, without awaiting."""
-        limits = package.limits
-        rate = limits.rps
-        limit = limits.concurrency
-        if rate is None and limit is None:
-            return UNLIMITED
         now = self.clock()
+        rate = package.limits.rps
         if rate is not None and (
             rate <= 0 or local.take_now(rate_key(package.id), rate, rate, now)
         ):
             raise rate_exceeded(rate)
+        limit = _slot_limit(package)
         if limit is None:
             return UNLIMITED
-        if limit <= 0:
-            raise concurrency_exceeded(limit)
-        key = slot_key(package.id)
-        holder = f"{self._instance}:{next(self._ids)}"
+        key, holder = slot_key(package.id), self._holder()
         if not local.acquire_now(key, holder, limit, self._ttl_us, now):
             raise concurrency_exceeded(limit)
-        slot = Slot(self, key, holder)
-        self._live[holder] = slot
-        return slot
+        return self._hold(key, holder)
 
     async def check_rate(self, package: Package) -> None:
         """Take one token of the package's bucket, or RATE_LIMIT_EXCEEDED."""
@@ -191,13 +191,10 @@ class Limiter:
 
     async def acquire(self, package: Package) -> Slot:
         """Hold one of the package's concurrent-connection slots, or RATE_LIMIT_EXCEEDED."""
-        limit = package.limits.concurrency
+        limit = _slot_limit(package)
         if limit is None:
             return UNLIMITED
-        if limit <= 0:
-            raise concurrency_exceeded(limit)
-        key = slot_key(package.id)
-        holder = f"{self._instance}:{next(self._ids)}"
+        key, holder = slot_key(package.id), self._holder()
         try:
             held = await self.counters.acquire(key, holder, limit, self._ttl_us, self.clock())
         except BaseException:
@@ -206,6 +203,12 @@ class Limiter:
             raise
         if not held:
             raise concurrency_exceeded(limit)
+        return self._hold(key, holder)
+
+    def _holder(self) -> str:
+        return f"{self._instance}:{next(self._ids)}"
+
+    def _hold(self, key: str, holder: str) -> Slot:
         slot = Slot(self, key, holder)
         self._live[holder] = slot
         return slot

@@ -113,9 +113,11 @@ class MemoryCounters:
                 return False
             self._slots[key] = {holder: now + ttl}
             return True
-        if holder not in held and len(held) >= limit:
-            # Expired holders matter only when they would refuse this one: sweeping them on
-            # every acquire cost a pass over all the package's live slots per connection.
+        until = held.get(holder)
+        if (until is None or until <= now) and len(held) >= limit:
+            # Expired holders matter only when they would refuse this one (which may be one
+            # of them): sweeping them on every acquire cost a pass over all the package's
+            # live slots per connection.
             for expired in [h for h, until in held.items() if until <= now]:
                 del held[expired]
             if len(held) >= limit:
