@@ -62,6 +62,7 @@ class Directory(TypingProtocol):
     """What admission reads: an in-memory view of accounts, invalidated on change."""
 
     def package_by_key(self, key: str) -> Package | None: ...
+    def package_by_hash(self, digest: str) -> Package | None: ...
     def packages_for_ip(self, ip: str) -> list[Package]: ...
     def org(self, org_id: str) -> Org | None: ...
     @property
@@ -201,12 +202,16 @@ class Admission:
     _parsed_catalogue: Catalogue | None = field(default=None, init=False, repr=False)
 
     # -- gates 1 and 2 ----------------------------------------------------------------------
-    def authenticate(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
+    def authenticate(
+        self, credentials: tuple[str, str] | None, client_ip: str, key_hash: str | None = None
+    ) -> Identity:
+        """Gates 1 and 2. `key_hash`: the password's `hash_key`, when the caller has it (a
+        kept-alive connection repeating its credentials); the key is then not hashed again."""
         throttle = self.throttle
         if throttle is not None and throttle.blocked(client_ip):
             raise GatewayError(Code.AUTH_THROTTLED)
         try:
-            identity = self._identify(credentials, client_ip)
+            identity = self._identify(credentials, client_ip, key_hash)
         except GatewayError as exc:
             if throttle is not None and exc.code is Code.AUTH_FAILED:
                 throttle.failed(client_ip)
@@ -225,8 +230,10 @@ class Admission:
                 return package
         return None
 
-    def _identify(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
-        identity = self._identify_package(credentials, client_ip)
+    def _identify(
+        self, credentials: tuple[str, str] | None, client_ip: str, key_hash: str | None
+    ) -> Identity:
+        identity = self._identify_package(credentials, client_ip, key_hash)
         username = identity.username
         if is_legacy(username) and legacy_package_id(username) != identity.package.id:
             err = GatewayError(Code.AUTH_FAILED, "The username names another package")
@@ -234,7 +241,9 @@ class Admission:
             raise err
         return identity
 
-    def _identify_package(self, credentials: tuple[str, str] | None, client_ip: str) -> Identity:
+    def _identify_package(
+        self, credentials: tuple[str, str] | None, client_ip: str, key_hash: str | None
+    ) -> Identity:
         if credentials is None:
             # A `key` package answers 407 here even to its allowlisted addresses: clients
             # that send credentials only when asked (browsers, urllib) then send them.
@@ -249,7 +258,11 @@ class Admission:
             if package is None:
                 raise GatewayError(Code.AUTH_FAILED)
             return Identity(package, username)
-        package = self.directory.package_by_key(key)
+        directory = self.directory
+        if key_hash is None:
+            package = directory.package_by_key(key)
+        else:
+            package = directory.package_by_hash(key_hash)
         if package is None:
             raise GatewayError(Code.AUTH_FAILED)
         if package.auth_mode is AuthMode.IP:

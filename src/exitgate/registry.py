@@ -136,7 +136,10 @@ class Registry:
         return self._packages.get(package_id)
 
     def package_by_key(self, key: str) -> Package | None:
-        digest = hash_key(key)
+        return self.package_by_hash(hash_key(key))
+
+    def package_by_hash(self, digest: str) -> Package | None:
+        """The package whose key hashes to `digest` (`store.keys.hash_key`), if any."""
         package = self._by_hash.get(digest)
         if package is None or not hmac.compare_digest(package.key_hash, digest):
             return None

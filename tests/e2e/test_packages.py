@@ -4,6 +4,7 @@ IP auth, state flips through the admin API, usage across restarts, slots on ever
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import socket
 import socketserver
@@ -354,6 +355,47 @@ def test_each_407_state_flipped_through_the_admin_api(gw, node, origin) -> None:
     r = requests.get(f"{origin.url}/ip", proxies={"http": gw.proxy_url("country-us", new_key)},
                      timeout=10)
     assert r.status_code == 200
+    api.close()
+
+
+def test_a_kept_alive_connection_is_checked_again_on_every_request(gw, node, origin) -> None:
+    """One client connection, many requests with the same Proxy-Authorization field: what
+    the connection keeps of its last accepted credentials (the decoded field, the key's hash)
+    never outlives a change: a paused package, a rotated key, a narrowed allowlist or another
+    field each decide the very next request on the same connection."""
+    pkg, key = gw.package()
+    other, other_key = gw.package()
+    api = httpx.Client(base_url=gw.bound.admin_url, headers={"Authorization": f"Bearer {TOKEN}"})
+    conn = http.client.HTTPConnection(gw.proxy_host, gw.proxy_port, timeout=10)
+
+    def ask(user_key: str) -> str:
+        conn.request("GET", f"{origin.url}/ip",
+                     headers={"Proxy-Authorization": basic("country-us", user_key)})
+        r = conn.getresponse()
+        r.read()
+        assert not r.will_close  # every answer here keeps the connection
+        return r.headers.get("x-soax-error") or str(r.status)
+
+    assert ask(key) == "200"
+    assert conn.sock is not None
+    local = conn.sock.getsockname()
+    assert ask(key) == "200"
+    assert api.patch(f"/v1/packages/{pkg.id}", json={"status": "paused"}).status_code == 200
+    assert ask(key) == "PACKAGE_PAUSED"
+    assert api.patch(f"/v1/packages/{pkg.id}", json={"status": "active"}).status_code == 200
+    assert ask(key) == "200"
+    new_key = api.post(f"/v1/packages/{pkg.id}/key").json()["key"]
+    assert ask(key) == "AUTH_FAILED"  # the field this connection sent before, key rotated
+    assert ask(other_key) == "200"
+    assert ask(new_key) == "200"
+    assert ask(key + "x") == "AUTH_FAILED"
+    narrowed = {"ip_allowlist": ["10.0.0.0/8"]}
+    assert api.patch(f"/v1/packages/{pkg.id}", json=narrowed).status_code == 200
+    assert ask(new_key) == "IP_NOT_ALLOWED"
+    assert ask(other_key) == "200"
+    assert conn.sock is not None and conn.sock.getsockname() == local  # one connection
+    assert _wait_usage(gw, other.id, requests=2)["requests"] == 2
+    conn.close()
     api.close()
 
 

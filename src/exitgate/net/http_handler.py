@@ -24,7 +24,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from exitgate.admission import Admitted
+from exitgate.admission import Admitted, Identity
 from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.model import Node, Protocol, Target
 from exitgate.net.body_pump import BodyError, pump_message_body
@@ -35,12 +35,14 @@ from exitgate.net.http_heads import (
     apply_ban,
     credentials,
     exit_header,
+    field_credentials,
     node_headers,
     plain_response,
     read_request_head,
     session_header,
 )
 from exitgate.net.relay import start_tunnel
+from exitgate.store.keys import hash_key
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
     BodyFramer,
@@ -106,6 +108,9 @@ class HttpSession:
         self.started = 0.0  # time.monotonic() when the current request's head arrived
         self.status = 0  # the current forwarded response's status (access log)
         self.admitted: Admitted | None = None  # the request in `_exchange`, for auto-bans
+        # The last accepted Proxy-Authorization field, parsed, with its key's hash: see
+        # `_authenticate`. Lives as long as this connection, whose buffers carry it anyway.
+        self._kept_auth: tuple[bytes, tuple[str, str], str] | None = None
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
@@ -143,6 +148,23 @@ class HttpSession:
             self.kept.conn.close()
             self.kept = None
 
+    def _authenticate(self, head: RequestHead) -> Identity:
+        """Gates 1-2 for this request. A kept-alive client repeats its Proxy-Authorization
+        field on every request; when it is the one accepted last on this connection, its
+        Basic decoding and key hash are reused (every check after them runs again: a rotated
+        key, a new allowlist or a suspended package refuse the very next request)."""
+        admission = self.ctx.admission
+        values = head.get_all(b"proxy-authorization")
+        kept = self._kept_auth
+        if kept is not None and len(values) == 1 and values[0] == kept[0]:
+            return admission.authenticate(kept[1], self.client, kept[2])
+        found = field_credentials(values)
+        key_hash = hash_key(found[1]) if found is not None and found[1] else None
+        identity = admission.authenticate(found, self.client, key_hash)
+        if found is not None and key_hash is not None:
+            self._kept_auth = (values[0], found, key_hash)
+        return identity
+
     def _fail(self, err: GatewayError, target: str, protocol: Protocol, *, close: bool) -> None:
         self.ctx.rejected(
             err, protocol=protocol, client=self.client, target=target, started=self.started
@@ -158,6 +180,7 @@ class HttpSession:
             return
         ctx = self.ctx
         try:
+            # one request per connection: nothing to keep (`_authenticate`)
             identity = ctx.admission.authenticate(credentials(head), self.client)
             admitted = await ctx.admission.authorize(identity, Protocol.HTTPS, target)
         except GatewayError as err:
@@ -200,7 +223,7 @@ class HttpSession:
             )
             return False
         try:
-            identity = ctx.admission.authenticate(credentials(head), self.client)
+            identity = self._authenticate(head)
             admitted = await ctx.admission.authorize(identity, Protocol.HTTP, target)
         except GatewayError as err:
             # a client's close is kept; a throttled address has failed too often: its

@@ -15,7 +15,7 @@ from exitgate.net.conn import Conn
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext
 from exitgate.routing.domains import BAN_HEADER
-from exitgate.wire.http1 import MALFORMED, RequestHead, parse_request_head, proxy_credentials
+from exitgate.wire.http1 import MALFORMED, RequestHead, basic_credentials, parse_request_head
 
 RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
 
@@ -54,7 +54,12 @@ async def read_request_head(
 
 
 def credentials(head: RequestHead) -> tuple[str, str] | None:
-    found = proxy_credentials(head)
+    return field_credentials(head.get_all(b"proxy-authorization"))
+
+
+def field_credentials(values: list[bytes]) -> tuple[str, str] | None:
+    """The credentials in a head's Proxy-Authorization values; AUTH_FAILED when unusable."""
+    found = basic_credentials(values)
     if found is MALFORMED:
         raise GatewayError(Code.AUTH_FAILED, "Malformed Proxy-Authorization header")
     return found

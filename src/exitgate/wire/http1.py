@@ -56,6 +56,7 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "absolute_target",
+    "basic_credentials",
     "connect_target",
     "forward_request_head",
     "forward_response_head",
@@ -382,7 +383,11 @@ def proxy_credentials(head: RequestHead) -> tuple[str, str] | Malformed | None:
     ERR_AUTH_REQUIRED); MALFORMED when present but unusable (answer AUTH_FAILED): several
     fields, another scheme, bad base64, not UTF-8, no colon. The password is everything after
     the first colon."""
-    values = head.get_all(b"proxy-authorization")
+    return basic_credentials(head.get_all(b"proxy-authorization"))
+
+
+def basic_credentials(values: list[bytes]) -> tuple[str, str] | Malformed | None:
+    """`proxy_credentials` of a head's Proxy-Authorization values."""
     if not values:
         return None
     if len(values) > 1:
