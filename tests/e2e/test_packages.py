@@ -368,9 +368,9 @@ def test_a_kept_alive_connection_is_checked_again_on_every_request(gw, node, ori
     api = httpx.Client(base_url=gw.bound.admin_url, headers={"Authorization": f"Bearer {TOKEN}"})
     conn = http.client.HTTPConnection(gw.proxy_host, gw.proxy_port, timeout=10)
 
-    def ask(user_key: str) -> str:
+    def ask(user_key: str, user: str = "country-us") -> str:
         conn.request("GET", f"{origin.url}/ip",
-                     headers={"Proxy-Authorization": basic("country-us", user_key)})
+                     headers={"Proxy-Authorization": basic(user, user_key)})
         r = conn.getresponse()
         r.read()
         assert not r.will_close  # every answer here keeps the connection
@@ -380,12 +380,15 @@ def test_a_kept_alive_connection_is_checked_again_on_every_request(gw, node, ori
     assert conn.sock is not None
     local = conn.sock.getsockname()
     assert ask(key) == "200"
+    assert ask(key, "country-us-session-s1") == "200"  # another username, the same key
+    assert ask(key, "country-zz") == "ERR_INVALID_VALUE"  # its own rules, not the last one's
     assert api.patch(f"/v1/packages/{pkg.id}", json={"status": "paused"}).status_code == 200
     assert ask(key) == "PACKAGE_PAUSED"
     assert api.patch(f"/v1/packages/{pkg.id}", json={"status": "active"}).status_code == 200
     assert ask(key) == "200"
     new_key = api.post(f"/v1/packages/{pkg.id}/key").json()["key"]
     assert ask(key) == "AUTH_FAILED"  # the field this connection sent before, key rotated
+    assert ask(key, "country-us-session-s2") == "AUTH_FAILED"  # the old key, a new username
     assert ask(other_key) == "200"
     assert ask(new_key) == "200"
     assert ask(key + "x") == "AUTH_FAILED"

@@ -151,7 +151,8 @@ class HttpSession:
     def _authenticate(self, head: RequestHead) -> Identity:
         """Gates 1-2 for this request. A kept-alive client repeats its Proxy-Authorization
         field on every request; when it is the one accepted last on this connection, its
-        Basic decoding and key hash are reused (every check after them runs again: a rotated
+        Basic decoding and key hash are reused, and when only the username changed (a
+        session per request), the key hash (every check after them runs again: a rotated
         key, a new allowlist or a suspended package refuse the very next request)."""
         admission = self.ctx.admission
         values = head.get_all(b"proxy-authorization")
@@ -159,7 +160,12 @@ class HttpSession:
         if kept is not None and len(values) == 1 and values[0] == kept[0]:
             return admission.authenticate(kept[1], self.client, kept[2])
         found = field_credentials(values)
-        key_hash = hash_key(found[1]) if found is not None and found[1] else None
+        key_hash = None
+        if found is not None and found[1]:
+            if kept is not None and kept[1][1] == found[1]:
+                key_hash = kept[2]  # another username (a new session, say), the same key
+            else:
+                key_hash = hash_key(found[1])
         identity = admission.authenticate(found, self.client, key_hash)
         if found is not None and key_hash is not None:
             self._kept_auth = (values[0], found, key_hash)
