@@ -150,10 +150,11 @@ class HttpSession:
 
     def _authenticate(self, head: RequestHead) -> Identity:
         """Gates 1-2 for this request. A kept-alive client repeats its Proxy-Authorization
-        field on every request; when it is the one accepted last on this connection, its
-        Basic decoding and key hash are reused, and when only the username changed (a
-        session per request), the key hash (every check after them runs again: a rotated
-        key, a new allowlist or a suspended package refuse the very next request)."""
+        field on every request. When the field is the one this connection accepted last,
+        its decoded credentials and key hash are reused; when only the username differs (a
+        session per request), the key hash is. Every check after them runs again, so a
+        rotated key, a narrowed allowlist or a paused package decide the very next request
+        (docs/decisions.md)."""
         admission = self.ctx.admission
         values = head.get_all(b"proxy-authorization")
         kept = self._kept_auth
