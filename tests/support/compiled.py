@@ -32,11 +32,13 @@ TEST_FILE = ROOT / "tests" / "e2e" / "test_compiled_build.py"
 # gateway reads as settings and every test clears.
 ENV = "PYTEST_EXITGATE_COMPILED"
 # The suites that drive CONNECT, SOCKS5, forwarding and every error code through a real
-# gateway: what the compiled modules do.
+# gateway, and packages' limits, metering and kept-alive credentials: what the compiled
+# modules do.
 SUITES = [
     "tests/e2e/test_http_proxy.py",
     "tests/e2e/test_socks5.py",
     "tests/e2e/test_error_codes.py",
+    "tests/e2e/test_packages.py",
 ]
 NICENESS = 5
 LOG = "job.log"  # the job's own errors (a crash before it could write a result)
