@@ -65,6 +65,15 @@ def concurrency_exceeded(limit: int) -> GatewayError:
     return GatewayError(Code.RATE_LIMIT_EXCEEDED, f"Concurrent connection limit reached ({limit})")
 
 
+def _rate_limit(package: Package) -> int | None:
+    """The package's requests-per-second limit; None for no limit. A rate of 0 refuses at
+    once."""
+    rate = package.limits.rps
+    if rate is not None and rate <= 0:
+        raise rate_exceeded(rate)
+    return rate
+
+
 def _slot_limit(package: Package) -> int | None:
     """The package's concurrency limit; None for no limit. A limit of 0 refuses at once."""
     limit = package.limits.concurrency
@@ -165,10 +174,8 @@ class Limiter:
     def _admit_local(self, package: Package, local: MemoryCounters) -> Slot:
         """`check_rate` then `acquire` on the in-process backend, without awaiting."""
         now = self.clock()
-        rate = package.limits.rps
-        if rate is not None and (
-            rate <= 0 or local.take_now(rate_key(package.id), rate, rate, now)
-        ):
+        rate = _rate_limit(package)
+        if rate is not None and local.take_now(rate_key(package.id), rate, rate, now):
             raise rate_exceeded(rate)
         limit = _slot_limit(package)
         if limit is None:
@@ -180,11 +187,9 @@ class Limiter:
 
     async def check_rate(self, package: Package) -> None:
         """Take one token of the package's bucket, or RATE_LIMIT_EXCEEDED."""
-        rate = package.limits.rps
+        rate = _rate_limit(package)
         if rate is None:
             return
-        if rate <= 0:
-            raise rate_exceeded(rate)
         wait = await self.counters.take(rate_key(package.id), rate, rate, self.clock())
         if wait:
             raise rate_exceeded(rate)

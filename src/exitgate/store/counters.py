@@ -118,7 +118,7 @@ class MemoryCounters:
             # Expired holders matter only when they would refuse this one (which may be one
             # of them): sweeping them on every acquire cost a pass over all the package's
             # live slots per connection.
-            for expired in [h for h, until in held.items() if until <= now]:
+            for expired in [h for h, expiry in held.items() if expiry <= now]:
                 del held[expired]
             if len(held) >= limit:
                 if not held:
