@@ -19,6 +19,7 @@ from typing import Any
 
 from bench import install
 from bench.gateway import ExitgateTarget, GatewayUnavailable, Instance
+from bench.lab import origin_port
 from bench.peers import PEERS, Server, Squid
 from bench.procs import Proc, raise_nofile
 from bench.report import render
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         origin.start()
         stoppables.append(origin)
-        port = _origin_port(origin)
+        port = origin_port(origin)
         log(f"origin on 127.0.0.1:{port}; work dir {workdir}")
 
         peers: list[Server] = []
@@ -265,17 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     log(f"report: {out} (raw: {out.with_suffix('.json')})")
     return 0
-
-
-def _origin_port(origin: Proc) -> int:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        text = origin.log.read_text() if origin.log.exists() else ""
-        for line in text.splitlines():
-            if line.startswith("PORT "):
-                return int(line.split()[1])
-        time.sleep(0.02)
-    raise SystemExit(f"origin did not start: {origin.tail()}")
 
 
 def _start_exitgate(

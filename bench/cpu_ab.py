@@ -22,19 +22,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from bench import install
-from bench.cli import _origin_port
 from bench.gateway import ExitgateTarget, Instance
+from bench.lab import lab, start_origin, tree_at
 from bench.peers import CONNECT, FORWARD, SOCKS5
-from bench.procs import Proc, raise_nofile
+from bench.procs import raise_nofile
 from bench.scenarios import FULL, Case, Runner
 
 MODES = {"connect": CONNECT, "socks5": SOCKS5, "forward": FORWARD}
@@ -70,39 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in args.modes.split(",") if m]
     raise_nofile()
     install.loadgen()
-    work = Path(tempfile.mkdtemp(prefix="exitgate-ab-"))
-    if args.base_src:
-        env = dict(os.environ, PYTHONPATH=args.base_src)
-    else:
-        base_src = work / "base"
-        base_src.mkdir()
-        archive = subprocess.run(
-            ["git", "-C", str(install.ROOT), "archive", args.base, "src"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
-        env = dict(os.environ, PYTHONPATH=str(base_src / "src"))
-    stop: list[Proc | Instance] = []
-    try:
-        origin = Proc(
-            "origin", [str(install.LOADGEN), "origin", "--max-seconds", "3600"], work / "origin.log"
-        )
-        origin.start()
-        stop.append(origin)
-        port = _origin_port(origin)
+    with lab("exitgate-ab-") as (work, started):
+        base_src = args.base_src or str(tree_at(work, args.base))
+        env = dict(os.environ, PYTHONPATH=base_src)
+        origin = start_origin(work, started)
         targets = []
         new_env = dict(os.environ, PYTHONPATH=args.new_src) if args.new_src else None
         for name, e in (("base", env), ("new", new_env)):
             inst = Instance(name, work, env=e)
             inst.start()
-            stop.append(inst)
+            started.append(inst)
             inst.provision(None)
             t = ExitgateTarget(name, inst, "us", sessions=args.sessions, limited=args.limited)
             t.refresh()
             targets.append(t)
         sizes = dataclasses.replace(FULL, seconds=args.seconds, warmup=0.5)
-        runner = Runner(install.LOADGEN, f"127.0.0.1:{port}", sizes, log, lambda t: None)
+        runner = Runner(install.LOADGEN, origin, sizes, log, lambda t: None)
         for t in targets:
             runner.warm(t)
         per: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -128,10 +107,6 @@ def main(argv: list[str] | None = None) -> int:
                 n = statistics.median(float(s.get(metric) or 0) for s in per[(mode, "new")])
                 ratio = f"{n / b:.3f}" if b else "n/a"
                 print(f"| {mode} | {label} | {b:.0f} | {n:.0f} | {ratio} |")
-    finally:
-        for started in reversed(stop):
-            started.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

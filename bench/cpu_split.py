@@ -27,13 +27,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bench import install
-from bench.cli import _origin_port
 from bench.gateway import Instance
+from bench.lab import lab, start_origin
 from bench.peers import PASS, USER
 from bench.procs import Proc, free_port, raise_nofile, wait_port
 
@@ -74,27 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     install.loadgen()
     via = "http" if args.mode == "connect" else "socks5"
-    work = Path(tempfile.mkdtemp(prefix="exitgate-split-"))
-    stop: list[Proc | Instance] = []
-    floor: subprocess.Popen[bytes] | None = None
-    try:
-        origin = Proc(
-            "origin", [str(install.LOADGEN), "origin", "--max-seconds", "3600"], work / "origin.log"
-        )
-        origin.start()
-        stop.append(origin)
-        target = f"127.0.0.1:{_origin_port(origin)}"
+    with lab("exitgate-split-") as (work, started):
+        target = start_origin(work, started)
         env = dict(os.environ, PYTHONPATH=args.src) if args.src else None
         inst = Instance("exitgate", work, env=env)
         inst.start()
-        stop.append(inst)
+        started.append(inst)
         inst.provision(None)
         assert inst.proc is not None
         floor_port = free_port()
         floor_py = Path(__file__).with_name("floorproxy.py")
-        floor = subprocess.Popen([sys.executable, str(floor_py), str(floor_port), USER, PASS])
-        if not wait_port(floor_port, 10, floor):
-            sys.exit("the floor did not start")
+        floor = Proc(
+            "floor",
+            [sys.executable, str(floor_py), str(floor_port), USER, PASS],
+            work / "floor.log",
+        )
+        floor.start()
+        started.append(floor)
+        if not wait_port(floor_port, 10, floor.popen):
+            sys.exit(f"the floor did not start: {floor.tail()}")
         proxies = [
             ("exitgate", inst.proxy_port, inst.proc.pid, inst.key),
             ("floor", floor_port, floor.pid, PASS),
@@ -144,13 +141,6 @@ def main(argv: list[str] | None = None) -> int:
                     + " -->"
                 )
                 time.sleep(0.5)
-    finally:
-        if floor is not None:
-            floor.terminate()
-            floor.wait(10)
-        for started in reversed(stop):
-            started.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -29,13 +29,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bench import install
-from bench.cli import _origin_port
 from bench.gateway import Instance
+from bench.lab import lab, start_origin, tree_at
 from bench.peers import PASS, USER
 from bench.procs import Proc, free_port, raise_nofile, wait_port
 
@@ -96,16 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("valgrind not found (apt-get install valgrind)")
     raise_nofile()
     install.loadgen()
-    work = Path(tempfile.mkdtemp(prefix="exitgate-instr-"))
-    work.chmod(0o777)
-    stop: list[Proc | Instance] = []
-    servers: dict[str, tuple[int, str, str, int]] = {}  # name → port, user, password, pid
-    try:
-        origin = Proc("origin", [str(install.LOADGEN), "origin", "--max-seconds", "3600"],
-                      work / "origin.log")  # fmt: skip
-        origin.start()
-        stop.append(origin)
-        target = f"127.0.0.1:{_origin_port(origin)}"
+    with lab("exitgate-instr-", keep=args.keep) as (work, started):
+        work.chmod(0o777)
+        if args.keep:
+            log(f"dumps will be kept in {work} (callgrind_annotate FILE)")
+        servers: dict[str, tuple[int, str, str, int]] = {}  # name → port, user, password, pid
+        target = start_origin(work, started)
         for i, spec in enumerate(args.targets.split(",")):
             # several prepared trees (before/after compiled builds) get names of their own
             name = f"src{i}" if spec.startswith("src:") else spec
@@ -116,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc = Proc("floor", [*callgrind(work, name), str(python), str(script),
                                       str(port), USER, PASS], work / "floor.log")  # fmt: skip
                 proc.start()
-                stop.append(proc)
+                started.append(proc)
                 if not wait_port(port, 300, proc.popen):
                     raise SystemExit(f"floor did not start: {proc.tail()}")
                 servers[name] = (port, USER, PASS, proc.pid)
@@ -125,15 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             if name.startswith("src"):  # a prepared source tree (a compiled build)
                 env = dict(os.environ, PYTHONPATH=spec.removeprefix("src:"))
             elif name == "base":
-                src = work / "base"
-                src.mkdir()
-                tar = subprocess.run(["git", "-C", str(install.ROOT), "archive", args.base, "src"],
-                                     capture_output=True, check=True).stdout  # fmt: skip
-                subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
-                env = dict(os.environ, PYTHONPATH=str(src / "src"))
+                env = dict(os.environ, PYTHONPATH=str(tree_at(work, args.base)))
             inst = Instance(name, work, env=env, prefix=tuple(callgrind(work, name)))
             inst.start(timeout=600)
-            stop.append(inst)
+            started.append(inst)
             inst.provision(None)
             assert inst.proc is not None
             servers[name] = (inst.proxy_port, "country-us", inst.key, inst.proc.pid)
@@ -178,13 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---:|---:|---:|")
         for mode, n, units, per, idle_rate in rows:
             print(f"| {mode} | {n} | {units} | {per:,.0f} | {idle_rate:,.0f} |")
-    finally:
-        for s in reversed(stop):
-            s.stop()
-        if args.keep:
-            log(f"dumps kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
