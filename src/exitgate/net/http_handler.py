@@ -24,7 +24,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from exitgate.admission import Admitted, Identity
+from exitgate.admission import Admitted
 from exitgate.errors import Code, GatewayError, http_error_response
 from exitgate.model import Node, Protocol, Target
 from exitgate.net.body_pump import BodyError, pump_message_body
@@ -32,17 +32,16 @@ from exitgate.net.conn import Conn, ConnectionClosed
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext, uncounted
 from exitgate.net.http_heads import (
+    KeptCredentials,
     apply_ban,
     credentials,
     exit_header,
-    field_credentials,
     node_headers,
     plain_response,
     read_request_head,
     session_header,
 )
 from exitgate.net.relay import start_tunnel
-from exitgate.store.keys import hash_key
 from exitgate.tasks import spawn
 from exitgate.wire.http1 import (
     BodyFramer,
@@ -108,9 +107,7 @@ class HttpSession:
         self.started = 0.0  # time.monotonic() when the current request's head arrived
         self.status = 0  # the current forwarded response's status (access log)
         self.admitted: Admitted | None = None  # the request in `_exchange`, for auto-bans
-        # The last accepted Proxy-Authorization field, parsed, with its key's hash: see
-        # `_authenticate`. Lives as long as this connection, whose buffers carry it anyway.
-        self._kept_auth: tuple[bytes, tuple[str, str], str] | None = None
+        self.kept_credentials = KeptCredentials()  # gates 1-2 for this connection's requests
         # A client that vanishes mid-forward takes its target connection with it, so a slow
         # target cannot hold the request (and its concurrency slot) until the response timeout.
         conn.on_lost = self._drop_kept
@@ -148,30 +145,6 @@ class HttpSession:
             self.kept.conn.close()
             self.kept = None
 
-    def _authenticate(self, head: RequestHead) -> Identity:
-        """Gates 1-2 for this request. A kept-alive client repeats its Proxy-Authorization
-        field on every request. When the field is the one this connection accepted last,
-        its decoded credentials and key hash are reused; when only the username differs (a
-        session per request), the key hash is. Every check after them runs again, so a
-        rotated key, a narrowed allowlist or a paused package decide the very next request
-        (docs/decisions.md)."""
-        admission = self.ctx.admission
-        values = head.get_all(b"proxy-authorization")
-        kept = self._kept_auth
-        if kept is not None and len(values) == 1 and values[0] == kept[0]:
-            return admission.authenticate(kept[1], self.client, kept[2])
-        found = field_credentials(values)
-        key_hash = None
-        if found is not None and found[1]:
-            if kept is not None and kept[1][1] == found[1]:
-                key_hash = kept[2]  # another username (a new session, say), the same key
-            else:
-                key_hash = hash_key(found[1])
-        identity = admission.authenticate(found, self.client, key_hash)
-        if found is not None and key_hash is not None:
-            self._kept_auth = (values[0], found, key_hash)
-        return identity
-
     def _fail(self, err: GatewayError, target: str, protocol: Protocol, *, close: bool) -> None:
         self.ctx.rejected(
             err, protocol=protocol, client=self.client, target=target, started=self.started
@@ -187,7 +160,7 @@ class HttpSession:
             return
         ctx = self.ctx
         try:
-            # one request per connection: nothing to keep (`_authenticate`)
+            # one request per connection: nothing to keep (`KeptCredentials`)
             identity = ctx.admission.authenticate(credentials(head), self.client)
             admitted = await ctx.admission.authorize(identity, Protocol.HTTPS, target)
         except GatewayError as err:
@@ -230,7 +203,7 @@ class HttpSession:
             )
             return False
         try:
-            identity = self._authenticate(head)
+            identity = self.kept_credentials.authenticate(ctx.admission, head, self.client)
             admitted = await ctx.admission.authorize(identity, Protocol.HTTP, target)
         except GatewayError as err:
             # a client's close is kept; a throttled address has failed too often: its

@@ -1,20 +1,21 @@
 """What the HTTP edge reads from heads and adds to its answers.
 
 The next request head off a client connection (with its finish deadline), the proxy
-credentials, the `X-Exitgate-Ban` request header, and what exitgate adds to answers: the
-session and exit headers, `Respond-With`'s node fields, and plain-text errors for requests
-too malformed to be a package's.
+credentials (and what a kept-alive connection keeps of them), the `X-Exitgate-Ban` request
+header, and what exitgate adds to answers: the session and exit headers, `Respond-With`'s
+node fields, and plain-text errors for requests too malformed to be a package's.
 """
 
 from __future__ import annotations
 
-from exitgate.admission import Admitted
+from exitgate.admission import Admission, Admitted, Identity
 from exitgate.errors import Code, GatewayError
 from exitgate.model import Node
 from exitgate.net.conn import Conn
 from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext
 from exitgate.routing.domains import BAN_HEADER
+from exitgate.store.keys import hash_key
 from exitgate.wire.http1 import MALFORMED, RequestHead, basic_credentials, parse_request_head
 
 RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
@@ -54,15 +55,50 @@ async def read_request_head(
 
 
 def credentials(head: RequestHead) -> tuple[str, str] | None:
-    return field_credentials(head.get_all(b"proxy-authorization"))
+    return _field_credentials(head.get_all(b"proxy-authorization"))
 
 
-def field_credentials(values: list[bytes]) -> tuple[str, str] | None:
+def _field_credentials(values: list[bytes]) -> tuple[str, str] | None:
     """The credentials in a head's Proxy-Authorization values; AUTH_FAILED when unusable."""
     found = basic_credentials(values)
     if found is MALFORMED:
         raise GatewayError(Code.AUTH_FAILED, "Malformed Proxy-Authorization header")
     return found
+
+
+class KeptCredentials:
+    """Gates 1-2 for the requests of one kept-alive client connection.
+
+    A kept-alive client repeats its Proxy-Authorization field on every request. When the
+    field is the one this connection accepted last, its decoded credentials and key hash are
+    reused; when only the username differs (a session per request), the key hash is. Every
+    check after them runs again, so a rotated key, a narrowed allowlist or a paused package
+    decide the very next request (docs/decisions.md). Lives as long as the connection, whose
+    buffers carry the field anyway.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        # the last accepted field, its (username, key) and the key's hash
+        self._last: tuple[bytes, tuple[str, str], str] | None = None
+
+    def authenticate(self, admission: Admission, head: RequestHead, client: str) -> Identity:
+        values = head.get_all(b"proxy-authorization")
+        last = self._last
+        if last is not None and len(values) == 1 and values[0] == last[0]:
+            return admission.authenticate(last[1], client, last[2])
+        found = _field_credentials(values)
+        key_hash = None
+        if found is not None and found[1]:
+            if last is not None and last[1][1] == found[1]:
+                key_hash = last[2]  # another username (a new session, say), the same key
+            else:
+                key_hash = hash_key(found[1])
+        identity = admission.authenticate(found, client, key_hash)
+        if found is not None and key_hash is not None:
+            self._last = (values[0], found, key_hash)
+        return identity
 
 
 def session_header(route: Route) -> bytes:
