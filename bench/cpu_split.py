@@ -1,7 +1,7 @@
 """User against system CPU per tunnel, per thread: exitgate and the floor, one after the other.
 
     .venv/bin/python -m bench.cpu_split [--mode connect|socks5] [-c 64] [--seconds 5]
-                                        [--src DIR] [--rounds 1]
+                                        [--src DIR] [--rounds 1] [--python EXE]
 
 The instruction counts of `bench/instr.py` see user space only; this splits a tunnel's CPU
 into user and system time. The proxy is pinned to core 0 and the load generator to core 1
@@ -15,8 +15,11 @@ on it), not what the proxy asked for.
 
 `--src DIR` runs exitgate from DIR (first on PYTHONPATH): a compiled build, say
 `.venv/bin/python -c "from bench import install; print(install.compiled_tree())"`. Needs
+`--python EXE` runs both proxies under another interpreter (the python of a venv where
+exitgate and uvloop are installed), to set one CPython build against another: exitgate's
+script is handed to EXE, and exitgate is imported from EXE's environment. Needs
 bench/build/loadgen (`bench/run --setup-only`) and `taskset`. Used for ANALYSIS.md's
-seventh pass on issue 10.
+seventh and eighth passes on issue 10.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--src", default="", help="run exitgate from this folder (a compiled build)")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--python", default="", help="run both proxies under this interpreter")
     args = p.parse_args(argv)
     if shutil.which("taskset") is None:
         sys.exit("taskset not found")
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     with lab("exitgate-split-") as (work, started):
         target = start_origin(work, started)
         env = dict(os.environ, PYTHONPATH=args.src) if args.src else None
-        inst = Instance("exitgate", work, env=env)
+        python = args.python or sys.executable
+        inst = Instance("exitgate", work, env=env, prefix=(args.python,) if args.python else ())
         inst.start()
         started.append(inst)
         inst.provision(None)
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         floor_py = Path(__file__).with_name("floorproxy.py")
         floor = Proc(
             "floor",
-            [sys.executable, str(floor_py), str(floor_port), USER, PASS],
+            [python, str(floor_py), str(floor_port), USER, PASS],
             work / "floor.log",
         )
         floor.start()
