@@ -1,8 +1,17 @@
-"""RESULTS.md: figures only. Medians over repetitions, spread as half the range."""
+"""RESULTS.md: figures only. Medians over repetitions, spread as half the range.
+
+    .venv/bin/python -m bench.report [bench/RESULTS.json] [--out bench/RESULTS.md]
+
+renders a report again from the raw JSON a run wrote beside it: after ANALYSIS.md (which the
+report ends with) or this renderer changed, without measuring anything again.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 NA = "n/a"
@@ -202,3 +211,19 @@ def render(results: Results, meta: dict[str, Any]) -> str:
         ]
     out.append("")
     return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    p.add_argument("raw", nargs="?", type=Path, default=Path(__file__).with_name("RESULTS.json"))
+    p.add_argument("--out", type=Path, help="the report (default: RAW with .md)")
+    args = p.parse_args(argv)
+    raw = json.loads(args.raw.read_text())
+    out: Path = args.out or args.raw.with_suffix(".md")
+    out.write_text(render(raw["results"], raw["meta"]))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
