@@ -16,7 +16,14 @@ from exitgate.net.connect import Route
 from exitgate.net.context import ProxyContext
 from exitgate.routing.domains import BAN_HEADER
 from exitgate.store.keys import hash_key
-from exitgate.wire.http1 import MALFORMED, RequestHead, basic_credentials, parse_request_head
+from exitgate.wire.http1 import (
+    MALFORMED,
+    Malformed,
+    RequestHead,
+    basic_credentials,
+    parse_request_head,
+    proxy_credentials,
+)
 
 RESPOND_WITH = ("ip", "country", "region", "city", "isp", "asn", "uid")
 
@@ -55,12 +62,11 @@ async def read_request_head(
 
 
 def credentials(head: RequestHead) -> tuple[str, str] | None:
-    return _field_credentials(head.get_all(b"proxy-authorization"))
+    return _usable(proxy_credentials(head))
 
 
-def _field_credentials(values: list[bytes]) -> tuple[str, str] | None:
-    """The credentials in a head's Proxy-Authorization values; AUTH_FAILED when unusable."""
-    found = basic_credentials(values)
+def _usable(found: tuple[str, str] | Malformed | None) -> tuple[str, str] | None:
+    """Parsed credentials, or AUTH_FAILED when the field was there but unusable."""
     if found is MALFORMED:
         raise GatewayError(Code.AUTH_FAILED, "Malformed Proxy-Authorization header")
     return found
@@ -88,7 +94,7 @@ class KeptCredentials:
         last = self._last
         if last is not None and len(values) == 1 and values[0] == last[0]:
             return admission.authenticate(last[1], client, last[2])
-        found = _field_credentials(values)
+        found = _usable(basic_credentials(values))
         key_hash = None
         if found is not None and found[1]:
             if last is not None and last[1][1] == found[1]:
